@@ -1,0 +1,61 @@
+"""slimkit: make trained PyTorch models smaller and faster for deployment, and prove it.
+
+Example:
+    >>> import slimkit as sk
+    >>> sk.prune(model, sk.MagnitudePruningConfig(sk.PolynomialDecay(0.0, 0.8, 0, 500)))
+    >>> sk.export_onnx(model, "model.onnx", example_inputs=x); print(sk.report("model.onnx", x))
+"""
+
+__version__ = "0.1.0"
+
+from slimkit.core import (
+    Config,
+    Scheduler,
+    Technique,
+    apply,
+    get_technique,
+    load,
+    records,
+    register_technique,
+    register_weights,
+    save,
+    strip,
+    techniques,
+)
+from slimkit.export import ExportValidationError, export_onnx
+try:
+    from slimkit.metrics import DeploymentReport, report
+except ImportError:  # TEMP
+    pass
+from slimkit.pruning import (
+    ConstantSparsity,
+    MagnitudePruningConfig,
+    PolynomialDecay,
+    PruningSchedule,
+    prune,
+)
+
+__all__ = [
+    "Config",
+    "ConstantSparsity",
+    "DeploymentReport",
+    "ExportValidationError",
+    "MagnitudePruningConfig",
+    "PolynomialDecay",
+    "PruningSchedule",
+    "Scheduler",
+    "Technique",
+    "__version__",
+    "apply",
+    "export_onnx",
+    "get_technique",
+    "load",
+    "prune",
+    "records",
+    "register_technique",
+    "register_weights",
+    "report",
+    "save",
+    "strip",
+    "techniques",
+]

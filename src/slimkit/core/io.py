@@ -1,0 +1,36 @@
+"""Atomic file writes: a file appears complete or not at all.
+
+Example:
+    >>> with atomic_path("model.onnx") as tmp:
+    ...     torch.onnx.export(model, x, tmp)     # raise here and model.onnx is untouched
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None):
+    """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    Any exception, including KeyboardInterrupt, removes the temporary file and leaves
+    ``path`` as it was.
+    """
+    path = Path(path)
+    if not path.parent.exists():
+        raise FileNotFoundError(f"the directory of {str(path)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=suffix if suffix is not None else ".tmp", dir=path.parent
+    )
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,173 @@
+"""Stacked parametrizations: register in stage order, find tied weights, strip.
+
+Weight techniques are ``torch.nn.utils.parametrize`` parametrizations stacked in a fixed
+order: mask (pruning) -> cluster snap -> fake-quant. :func:`register` inserts a new
+parametrization at its stage's place whatever order techniques are applied in, and gives every
+module that shares the same ``Parameter`` (tied weights) the same parametrization object, so
+the tie survives both training and :func:`strip`.
+
+Example:
+    >>> register(model, [("fc", "weight")], PruningMask(model.fc.weight))
+    >>> strip(model)          # plain weights again, masked entries exactly zero
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+STAGES = {"mask": 0, "cluster": 1, "quant": 2}
+
+
+class SlimParametrization(nn.Module):
+    """Base of slimkit's parametrizations.
+
+    ``stage`` places it in the stack (see ``STAGES``). A parametrization with a ``step``
+    buffer is advanced by :class:`slimkit.Scheduler`; ``group`` ties together the
+    parametrizations created by one call (e.g. global pruning ranks them jointly).
+    """
+
+    stage: str = "mask"
+
+    def __init__(self, group: str = ""):
+        super().__init__()
+        self.group = group
+
+    @classmethod
+    def on_step(cls, model: nn.Module, sites: list) -> None:
+        """Called by :class:`slimkit.Scheduler` after the ``step`` buffers advanced.
+
+        ``sites`` lists ``(module_name, tensor_name, index, p)`` for every parametrization of
+        this class and group, so a group can be updated jointly. Default: nothing to do.
+        """
+
+
+def get_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` ('' is the model itself)."""
+    return model.get_submodule(name) if name else model
+
+
+def raw_tensor(module: nn.Module, tensor_name: str) -> torch.Tensor:
+    """The tensor before any parametrization: the ``original`` if parametrized."""
+    if parametrize.is_parametrized(module, tensor_name):
+        return module.parametrizations[tensor_name].original
+    return getattr(module, tensor_name)
+
+
+def tensor_sites(model: nn.Module) -> dict[int, list[tuple[str, str]]]:
+    """Map ``id(tensor)`` of every raw weight/buffer to all ``(module_name, tensor_name)`` using it."""
+    sites: dict[int, list[tuple[str, str]]] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        if ".parametrizations." in f".{mname}.":
+            continue
+        names = list(module._parameters)
+        if parametrize.is_parametrized(module):
+            names += list(module.parametrizations)
+        for tname in names:
+            t = raw_tensor(module, tname)
+            if t is not None:
+                sites.setdefault(id(t), []).append((mname, tname))
+    return sites
+
+
+def expand_tied(model: nn.Module, layers: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Group ``layers`` so that every site sharing a tensor is in one group.
+
+    A site that shares its tensor with a layer outside the selection is added to the group:
+    a tied weight must be transformed identically everywhere it is used.
+    """
+    sites = tensor_sites(model)
+    groups: dict[int, list[tuple[str, str]]] = {}
+    for mname, tname in layers:
+        t = raw_tensor(get_module(model, mname), tname)
+        group = groups.setdefault(id(t), [])
+        for site in sites.get(id(t), [(mname, tname)]):
+            if site not in group:
+                group.append(site)
+    return list(groups.values())
+
+
+def register(model: nn.Module, sites: list[tuple[str, str]], p: SlimParametrization) -> None:
+    """Register ``p`` on every site (module name, tensor name) at the place its stage dictates."""
+    order = STAGES[p.stage]
+    for mname, tname in sites:
+        module = get_module(model, mname)
+        if not parametrize.is_parametrized(module, tname):
+            parametrize.register_parametrization(module, tname, p)
+            continue
+        plist = module.parametrizations[tname]
+        stages = [STAGES.get(getattr(q, "stage", "quant"), 2) for q in plist]
+        if order in stages:
+            raise ValueError(
+                f"{mname or 'model'}.{tname} already has a {p.stage} parametrization "
+                f"({type(plist[stages.index(order)]).__name__}); strip it or use a fresh model"
+            )
+        pos = sum(1 for s in stages if s < order)
+        if pos == len(plist):
+            parametrize.register_parametrization(module, tname, p)
+        else:
+            plist.insert(pos, p)
+
+
+def slim_parametrizations(model: nn.Module) -> Iterator[tuple[str, str, int, SlimParametrization]]:
+    """Yield ``(module_name, tensor_name, index, p)`` for every slimkit parametrization.
+
+    A parametrization shared by tied sites is yielded once per site.
+    """
+    for mname, module in model.named_modules(remove_duplicate=False):
+        if not parametrize.is_parametrized(module):
+            continue
+        for tname, plist in module.parametrizations.items():
+            for i, p in enumerate(plist):
+                if isinstance(p, SlimParametrization):
+                    yield mname, tname, i, p
+
+
+def input_of(module: nn.Module, tensor_name: str, index: int) -> torch.Tensor:
+    """What parametrization number ``index`` of ``module.<tensor_name>`` receives."""
+    plist = module.parametrizations[tensor_name]
+    x = plist.original
+    for i in range(index):
+        x = plist[i](x)
+    return x
+
+
+def strip(model: nn.Module) -> nn.Module:
+    """Bake every parametrization into plain weights, in place; returns ``model``.
+
+    The result is an ordinary module (it saves with ``torch.save``), with the same outputs.
+    Tied weights stay tied: the shared tensor is overwritten in place.
+
+    Example:
+        >>> sk.prune(model, sk.MagnitudePruningConfig(0.8))
+        >>> sk.strip(model)
+        >>> float((model.fc.weight == 0).float().mean())   # 0.8
+    """
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module):
+            for tname in list(module.parametrizations):
+                parametrize.remove_parametrizations(module, tname, leave_parametrized=True)
+    if hasattr(model, "_slimkit_records"):
+        del model._slimkit_records
+    return model
+
+
+def strip_innermost(model: nn.Module, module_name: str, tensor_name: str) -> None:
+    """Bake only the first parametrization of one tensor (e.g. a finished pruning mask).
+
+    Only the innermost one can be baked exactly: ``original <- p0(original)``; later stages
+    keep running on top of it.
+    """
+    module = get_module(model, module_name)
+    if not parametrize.is_parametrized(module, tensor_name):
+        raise ValueError(f"{module_name or 'model'}.{tensor_name} has no parametrization")
+    plist = module.parametrizations[tensor_name]
+    if len(plist) == 1:
+        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+        return
+    with torch.no_grad():
+        plist.original.copy_(plist[0](plist.original))
+    del plist[0]

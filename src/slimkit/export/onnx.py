@@ -1,0 +1,213 @@
+"""``sk.export_onnx``: write a deployable ONNX file, validated in ONNX Runtime first.
+
+The model is deep-copied and stripped (the caller's prepared model is untouched), exported
+with ``torch.onnx`` as a single file with a dynamic batch axis, run in ONNX Runtime on the
+example inputs and compared with the stripped torch model. Only a file that agrees is moved
+into place; on any error or interrupt nothing is left at ``path``.
+
+Example:
+    >>> sk.export_onnx(model, "model.onnx", example_inputs=torch.randn(8, 1, 8, 8))
+    PosixPath('model.onnx')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils import _pytree
+
+from slimkit.core.io import atomic_path
+from slimkit.core.parametrize import strip
+
+
+class ExportValidationError(RuntimeError):
+    """The exported file's outputs in ONNX Runtime differ from the torch model's."""
+
+    def __init__(self, message: str, max_abs_diff: float, output: str):
+        super().__init__(message)
+        self.max_abs_diff = max_abs_diff
+        self.output = output
+
+
+def as_input_tuple(example_inputs) -> tuple:
+    """Normalise ``example_inputs`` (a tensor, or a tuple/list of tensors) to a tuple."""
+    if example_inputs is None:
+        raise ValueError("example_inputs is required: a tensor or a tuple of tensors the model takes")
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)) and all(
+        isinstance(x, torch.Tensor) for x in example_inputs
+    ):
+        return tuple(example_inputs)
+    raise TypeError(
+        "example_inputs must be a tensor or a tuple of tensors, got "
+        f"{type(example_inputs).__name__}"
+    )
+
+
+def _shapes(inputs) -> str:
+    return ", ".join(str(tuple(x.shape)) for x in inputs)
+
+
+def run_torch(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
+    """Run ``model`` on ``inputs`` and return its outputs flattened to a list of tensors."""
+    try:
+        with torch.no_grad():
+            out = model(*inputs)
+    except Exception as e:
+        raise ValueError(
+            f"example_inputs do not fit {type(model).__name__}: got input shape(s) "
+            f"{_shapes(inputs)}; the model raised {type(e).__name__}: {e}"
+        ) from e
+    leaves = [t for t in _pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    if not leaves:
+        raise ValueError(f"{type(model).__name__} returned no tensor to export")
+    return leaves
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    # The dynamo exporter logs optional-operator notices (e.g. torchvision absent) and emits
+    # deprecation warnings that say nothing about the user's model.
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _tile_batch(inputs: tuple, n: int) -> tuple:
+    return tuple(x.repeat(n, *([1] * (x.dim() - 1))) if x.dim() > 0 else x for x in inputs)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example_inputs,
+    *,
+    dynamo: bool = True,
+    dynamic_batch: bool = True,
+    opset_version: int | None = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    validate: bool = True,
+) -> Path:
+    """Strip a copy of ``model``, export it to ``path`` and check it in ONNX Runtime.
+
+    Args:
+        example_inputs: a tensor or tuple of tensors; their first dimension is the batch.
+        dynamo: use the ``torch.export``-based exporter (default); ``False`` uses the
+            TorchScript one, which is faster to run and handles some older models.
+        dynamic_batch: make dim 0 of every input and output a symbolic ``batch`` axis.
+        atol, rtol: ONNX Runtime outputs must satisfy ``|ort - torch| <= atol + rtol*|torch|``.
+
+    Raises:
+        ValueError: the example inputs do not fit the model.
+        ExportValidationError: ONNX Runtime disagrees with torch beyond the tolerance; the
+            message gives the largest absolute difference. Nothing is written.
+    """
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ValueError(f"path must end in .onnx, got {str(path)!r}")
+    inputs = as_input_tuple(example_inputs)
+    plain = strip(copy.deepcopy(model)).eval()
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    reference = run_torch(plain, inputs)
+    in_names = input_names or (["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))])
+    out_names = output_names or (
+        ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))]
+    )
+    if len(in_names) != len(inputs):
+        raise ValueError(f"input_names has {len(in_names)} names for {len(inputs)} inputs")
+    if len(out_names) != len(reference):
+        raise ValueError(f"output_names has {len(out_names)} names for {len(reference)} outputs")
+
+    with atomic_path(path, suffix=".onnx") as tmp:
+        _export(plain, inputs, tmp, dynamo, dynamic_batch, opset_version, in_names, out_names)
+        if validate:
+            validate_onnx(tmp, inputs, reference, atol=atol, rtol=rtol, names=out_names)
+    return path
+
+
+def _export(model, inputs, tmp, dynamo, dynamic_batch, opset, in_names, out_names) -> None:
+    kwargs = {"input_names": in_names, "output_names": out_names}
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    trace_inputs = inputs
+    if dynamic_batch and dynamo:
+        # torch.export specializes a dimension of size 1, which would freeze the batch axis.
+        if any(x.dim() > 0 and x.shape[0] == 1 for x in inputs):
+            trace_inputs = _tile_batch(inputs, 2)
+        batch = torch.export.Dim("batch")
+        kwargs["dynamic_shapes"] = tuple({0: batch} if x.dim() > 0 else None for x in inputs)
+    elif dynamic_batch:
+        axes = {n: {0: "batch"} for n in in_names}
+        axes.update({n: {0: "batch"} for n in out_names})
+        kwargs["dynamic_axes"] = axes
+    if dynamo:
+        kwargs.update(external_data=False, verbose=False)
+    try:
+        with _quiet_exporter():
+            torch.onnx.export(model, trace_inputs, str(tmp), dynamo=dynamo, **kwargs)
+    except Exception as e:
+        raise RuntimeError(
+            f"torch.onnx could not export {type(model).__name__} (dynamo={dynamo}): "
+            f"{type(e).__name__}: {str(e)[:2000]}"
+        ) from e
+
+
+def ort_session(path: str | os.PathLike, threads: int = 2, optimized_path: str | None = None):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if optimized_path:
+        opts.optimized_model_filepath = str(optimized_path)
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def validate_onnx(path, inputs: tuple, reference: list[torch.Tensor], *, atol: float, rtol: float,
+                  names: list[str]) -> float:
+    """Run ``path`` in ONNX Runtime and compare with ``reference``; returns the max abs diff."""
+    sess = ort_session(path)
+    feeds = {i.name: x.detach().cpu().numpy() for i, x in zip(sess.get_inputs(), inputs)}
+    outs = sess.run(None, feeds)
+    if len(outs) != len(reference):
+        raise ExportValidationError(
+            f"ONNX Runtime returned {len(outs)} outputs, torch {len(reference)}", float("inf"), ""
+        )
+    worst = 0.0
+    for name, got, ref in zip(names, outs, reference):
+        ref = ref.detach().cpu().numpy()
+        if got.shape != ref.shape:
+            raise ExportValidationError(
+                f"output {name!r}: ONNX Runtime shape {got.shape} != torch shape {ref.shape}",
+                float("inf"), name,
+            )
+        diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
+        d = float(diff.max()) if diff.size else 0.0
+        worst = max(worst, d)
+        if not np.all(diff <= atol + rtol * np.abs(ref)):
+            raise ExportValidationError(
+                f"ONNX Runtime output {name!r} differs from torch: max abs diff {d:.4g} exceeds "
+                f"atol={atol} + rtol={rtol}*|torch|; the file was not written",
+                d, name,
+            )
+    return worst

@@ -1,0 +1,58 @@
+"""``MagnitudePruningConfig``: what magnitude pruning does to the selected weights.
+
+Example:
+    >>> cfg = MagnitudePruningConfig(PolynomialDecay(0.0, 0.8, begin_step=0, end_step=500))
+    >>> cfg = MagnitudePruningConfig(0.5, block_size=(1, 4))   # constant 50%, 1x4 blocks
+    >>> cfg = MagnitudePruningConfig(0.9, scope="global")      # rank all layers together
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from slimkit.core.config import Config
+from slimkit.pruning.schedules import ConstantSparsity, PruningSchedule
+
+
+@dataclass
+class MagnitudePruningConfig(Config):
+    """Zero the smallest-magnitude weights (or blocks of weights) on a schedule.
+
+    Fields:
+        schedule: a :class:`PruningSchedule`, or a float ``s`` meaning ``ConstantSparsity(s)``
+            (pruned to ``s`` as soon as the model is prepared).
+        scope: ``"layer"`` gives every layer the scheduled sparsity; ``"global"`` ranks all
+            selected weights together, so layers end up with different sparsities.
+        block_size: ``(rows, cols)`` of the blocks pruned together on the weight viewed as
+            ``(out_features, -1)``; ``(1, 1)`` is unstructured, ``(1, 4)`` suits kernels that
+            skip runs of 4 zeros along the input dimension.
+        block_reduce: how a block's magnitude is scored: ``"mean"`` or ``"max"`` of ``|w|``.
+    """
+
+    schedule: PruningSchedule | float = field(default_factory=lambda: ConstantSparsity(0.5))
+    scope: str = "layer"
+    block_size: tuple[int, int] = (1, 1)
+    block_reduce: str = "mean"
+
+    def __post_init__(self):
+        if isinstance(self.schedule, (int, float)) and not isinstance(self.schedule, bool):
+            if not 0.0 <= self.schedule < 1.0:
+                raise ValueError(
+                    f"sparsity must be in [0, 1), got {self.schedule!r} "
+                    "(MagnitudePruningConfig.schedule)"
+                )
+            self.schedule = ConstantSparsity(float(self.schedule))
+        self._require(
+            isinstance(self.schedule, PruningSchedule), "schedule",
+            "a PruningSchedule (ConstantSparsity, PolynomialDecay, a subclass) or a float in [0, 1)",
+        )
+        self._require(self.scope in ("layer", "global"), "scope", "'layer' or 'global'")
+        if isinstance(self.block_size, list):
+            self.block_size = tuple(self.block_size)
+        self._require(
+            isinstance(self.block_size, tuple) and len(self.block_size) == 2
+            and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1
+                    for b in self.block_size),
+            "block_size", "a pair of integers >= 1, e.g. (1, 4)",
+        )
+        self._require(self.block_reduce in ("mean", "max"), "block_reduce", "'mean' or 'max'")

@@ -1,0 +1,123 @@
+"""``PruningMask``: the parametrization that applies a pruning mask to a weight.
+
+The mask and the step count are buffers, so they live in the state_dict and a checkpoint
+resumes exactly. Masked weights are exactly zero in the forward pass and receive zero
+gradient. The mask only changes in :meth:`PruningMask.on_step`, on the schedule's update
+steps.
+
+Example:
+    >>> p = PruningMask(torch.ones(4, 4), cfg)
+    >>> p(torch.randn(4, 4))       # masked weight
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimkit.core.parametrize import SlimParametrization, get_module, input_of
+from slimkit.pruning.config import MagnitudePruningConfig
+
+
+class PruningMask(SlimParametrization):
+    stage = "mask"
+
+    def __init__(self, weight: torch.Tensor, config: MagnitudePruningConfig, group: str = ""):
+        super().__init__(group)
+        self.config = config
+        self.register_buffer("mask", torch.ones_like(weight, dtype=torch.bool))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        # torch.where (not w * mask) so pruned entries are +0.0, never -0.0: mixed signed
+        # zeros would cost compressed size and break bitwise zero checks.
+        return torch.where(self.mask, w, torch.zeros((), dtype=w.dtype, device=w.device))
+
+    def extra_repr(self) -> str:
+        return f"sparsity={1.0 - self.mask.float().mean().item():.3f}, step={int(self.step)}"
+
+    @classmethod
+    def on_step(cls, model: nn.Module, sites: list) -> None:
+        first = sites[0][3]
+        schedule = first.config.schedule
+        step = int(first.step)
+        if schedule.should_update(step):
+            update_masks(model, sites, schedule.sparsity(step))
+
+
+def update_masks(model: nn.Module, sites: list, sparsity: float) -> None:
+    """Recompute the masks of ``sites`` to ``sparsity`` and zero the pruned weights.
+
+    Scores are ``|w|`` of the weights as the model currently uses them (already pruned
+    entries score 0), so pruning is monotone while sparsity rises, and the ranking uses a
+    stable sort so ties break the same way on every run.
+    """
+    seen, items = set(), []
+    for mname, tname, index, p in sites:
+        if id(p) in seen:  # tied weights share one mask
+            continue
+        seen.add(id(p))
+        module = get_module(model, mname)
+        items.append((module, tname, index, p))
+    cfg = items[0][3].config
+    with torch.no_grad():
+        scores = [_block_scores(input_of(m, t, i) * p.mask, cfg, f"{t}") for m, t, i, p in items]
+        if cfg.scope == "global":
+            flat = torch.cat([s.flatten() for s in scores])
+            keep = _keep_mask(flat, sparsity)
+            parts = torch.split(keep, [s.numel() for s in scores])
+            keeps = [k.view_as(s) for k, s in zip(parts, scores)]
+        else:
+            keeps = [_keep_mask(s.flatten(), sparsity).view_as(s) for s in scores]
+        for (m, t, i, p), keep in zip(items, keeps):
+            p.mask.copy_(_expand_blocks(keep, cfg.block_size, p.mask.shape))
+            if i == 0:
+                # Zero the stored weights too, as the mask stage is innermost: the raw tensor
+                # then matches what the model computes with.
+                raw = m.parametrizations[t].original
+                raw.masked_fill_(~p.mask, 0.0)
+
+
+def _keep_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
+    n_prune = int(round(sparsity * scores.numel()))
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if n_prune > 0:
+        order = torch.argsort(scores, stable=True)
+        keep[order[:n_prune]] = False
+    return keep
+
+
+def _as_matrix(w: torch.Tensor) -> torch.Tensor:
+    return w.reshape(w.shape[0], -1) if w.dim() != 2 else w
+
+
+def _block_scores(w: torch.Tensor, cfg: MagnitudePruningConfig, name: str) -> torch.Tensor:
+    a = w.abs().float()
+    bh, bw = cfg.block_size
+    if (bh, bw) == (1, 1):
+        return a
+    m = _as_matrix(a)
+    rows, cols = m.shape
+    ph, pw = (-rows) % bh, (-cols) % bw
+    m = F.pad(m, (0, pw, 0, ph))[None, None]
+    if cfg.block_reduce == "max":
+        s = F.max_pool2d(m, (bh, bw))
+    else:
+        # The mean over only the real (unpadded) entries of an edge block.
+        s = F.avg_pool2d(m, (bh, bw)) * (bh * bw)
+        ones = F.pad(torch.ones(rows, cols, device=a.device), (0, pw, 0, ph))[None, None]
+        s = s / F.avg_pool2d(ones, (bh, bw)).mul(bh * bw)
+    return s[0, 0]
+
+
+def _expand_blocks(keep: torch.Tensor, block: tuple[int, int], shape: torch.Size) -> torch.Tensor:
+    bh, bw = block
+    if (bh, bw) == (1, 1):
+        return keep.view(shape)
+    rows = shape[0]
+    cols = math.prod(shape[1:]) if len(shape) > 1 else 1
+    full = keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:rows, :cols]
+    return full.reshape(shape)
