@@ -90,11 +90,42 @@ def expand_tied(model: nn.Module, layers: list[tuple[str, str]]) -> list[list[tu
     return list(groups.values())
 
 
+def _refresh_rnn_weights(module: nn.Module, args, output) -> None:
+    # RNN modules cache their weights in `_flat_weights`. With a parametrization those are
+    # autograd non-leaves after a forward pass, and copy.deepcopy refuses non-leaf tensors.
+    # Re-reading them without grad leaves leaves there; the next forward re-reads them anyway
+    # because a parametrized weight is a new tensor on every access.
+    with torch.no_grad():
+        module._init_flat_weights()
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrized module a class of its own before its parametrizations change.
+
+    torch gives each parametrized module a generated class holding one property per tensor,
+    and ``copy.deepcopy`` shares that class between the original and the copy; adding or
+    removing a parametrization then edits the class of both (stripping a copy would break
+    the original). A private copy of the class keeps every instance independent.
+    """
+    if not parametrize.is_parametrized(module):
+        return
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
+def _watch_rnn(module: nn.Module) -> None:
+    if isinstance(module, nn.RNNBase) and _refresh_rnn_weights not in module._forward_hooks.values():
+        module.register_forward_hook(_refresh_rnn_weights)
+        _refresh_rnn_weights(module, (), None)
+
+
 def register(model: nn.Module, sites: list[tuple[str, str]], p: SlimParametrization) -> None:
     """Register ``p`` on every site (module name, tensor name) at the place its stage dictates."""
     order = STAGES[p.stage]
     for mname, tname in sites:
         module = get_module(model, mname)
+        _own_class(module)
+        _watch_rnn(module)
         if not parametrize.is_parametrized(module, tname):
             parametrize.register_parametrization(module, tname, p)
             continue
@@ -146,10 +177,19 @@ def strip(model: nn.Module) -> nn.Module:
         >>> sk.strip(model)
         >>> float((model.fc.weight == 0).float().mean())   # 0.8
     """
+    for mname, tname, index, p in list(slim_parametrizations(model)):
+        if index == 0 and hasattr(p, "before_strip"):
+            p.before_strip(get_module(model, mname).parametrizations[tname].original)
     for module in list(model.modules()):
         if parametrize.is_parametrized(module):
+            _own_class(module)
             for tname in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, tname, leave_parametrized=True)
+        for key, hook in list(module._forward_hooks.items()):
+            if hook is _refresh_rnn_weights:
+                del module._forward_hooks[key]
+        if isinstance(module, nn.RNNBase):
+            module._init_flat_weights()
     if hasattr(model, "_slimkit_records"):
         del model._slimkit_records
     return model
@@ -166,6 +206,7 @@ def strip_innermost(model: nn.Module, module_name: str, tensor_name: str) -> Non
         raise ValueError(f"{module_name or 'model'}.{tensor_name} has no parametrization")
     plist = module.parametrizations[tensor_name]
     if len(plist) == 1:
+        _own_class(module)
         parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
         return
     with torch.no_grad():

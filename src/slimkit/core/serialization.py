@@ -22,6 +22,7 @@ from slimkit.core.config import Config
 from slimkit.core.io import atomic_path
 from slimkit.core.records import records
 from slimkit.core.registry import get_technique, prepare_layers
+from slimkit.core.selection import module_type
 
 FORMAT = "slimkit.prepared"
 FORMAT_VERSION = 1
@@ -72,7 +73,7 @@ def load(path: str | os.PathLike, model: nn.Module, *, strict: bool = True) -> n
         model.load_state_dict(payload["state_dict"], strict=strict)
     except RuntimeError as e:
         raise ValueError(
-            f"the checkpoint {os.fspath(path)!r} does not fit {type(model).__name__}: {e}"
+            f"the checkpoint {os.fspath(path)!r} does not fit {module_type(model).__name__}: {e}"
         ) from e
     object.__setattr__(model, "_slimkit_extra", payload.get("extra", {}))
     return model
