@@ -23,10 +23,7 @@ from slimkit.core import (
     techniques,
 )
 from slimkit.export import ExportValidationError, export_onnx
-try:
-    from slimkit.metrics import DeploymentReport, report
-except ImportError:  # TEMP
-    pass
+from slimkit.metrics import DeploymentReport, report
 from slimkit.pruning import (
     ConstantSparsity,
     MagnitudePruningConfig,

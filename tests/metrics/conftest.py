@@ -1,4 +1,4 @@
-"""Shared fixtures: a small MLP with exactly half of each weight matrix zeroed, and its ONNX file."""
+"""Shared fixtures: a small MLP with half of each weight matrix zeroed, and its ONNX file."""
 
 import warnings
 

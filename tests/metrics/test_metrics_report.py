@@ -155,9 +155,10 @@ def test_bad_targets_name_the_path(tmp_path):
 
 
 def test_bad_inputs_name_the_input_and_its_shape(mlp_onnx, example_input):
-    with pytest.raises(ValueError, match=r"got 2 example input\(s\).*takes 1: input \[batch, 16\]"):
+    with pytest.raises(ValueError, match=r"got 2 example input\(s\).*takes 1: input \[batch, 16"):
         report(mlp_onnx, (example_input, example_input), **FAST)
-    with pytest.raises(ValueError, match=r"'input'.*rank 1.*expects rank 2 with shape \[batch, 16\]"):
+    expected = r"'input'.*rank 1.*expects rank 2 with shape \[batch, 16\]"
+    with pytest.raises(ValueError, match=expected):
         report(mlp_onnx, example_input[0], **FAST)
     with pytest.raises(ValueError, match=r"'input'.*dim 1 must be 16"):
         report(mlp_onnx, example_input[:, :8], **FAST)

@@ -1,17 +1,8 @@
-"""report(nn.Module, example_inputs): the module is exported with slimkit.export.export_onnx.
+"""report(nn.Module, example_inputs): the module is exported with slimkit.export.export_onnx."""
 
-Skipped only while slimkit.export.export_onnx is not written; an import error inside
-slimkit.export itself still fails here.
-"""
-
-import pytest
 import torch
 
-import slimkit.export
 from slimkit.metrics import report
-
-if not hasattr(slimkit.export, "export_onnx"):
-    pytest.skip("slimkit.export.export_onnx does not exist yet", allow_module_level=True)
 
 PARAMETERS = 16 * 32 + 32 + 32 * 4 + 4
 

@@ -39,6 +39,10 @@ INITS = ("kmeans++", "linear", "density", "random")
 # Size of the weighted point set that k-means++ seeding runs on when a row has more values than
 # this. Half of the chunk boundaries are equal-width, half equal-count (see _seed_points).
 _SEED_POINTS = 32768
+# Labelling grid (see _label_values): cells over the centroid span, and the most correction
+# steps allowed before falling back to a binary search per value.
+_LABEL_CELLS = 65536
+_LABEL_FIXUPS = 4
 
 
 def kmeans_1d(
@@ -77,10 +81,8 @@ def kmeans_1d(
     _check_sorted_rows(srt, k, "values")
 
     cents = _cluster_sorted_rows(srt, k, init, seed, max_iter, tol, fixed_arr)
-    mids = _label_midpoints(cents, srt.dtype)
-    # Labelling in the original order costs one binary search per value over k-1 midpoints;
-    # that is cheaper than argsort-ing the values to scatter the run labels back.
-    labels = torch.searchsorted(mids[0], torch.from_numpy(flat))
+    mids = _label_midpoints(cents, srt.dtype)[0].numpy()
+    labels = torch.from_numpy(_label_values(flat, mids))
     return cents[0].to(device), labels.reshape(shape).to(device)
 
 
@@ -328,6 +330,46 @@ def _label_midpoints(c32: torch.Tensor, dtype: np.dtype) -> torch.Tensor:
     return _midpoints(c32, torch.float64 if dtype == np.float64 else torch.float32)
 
 
+def _label_values(v: np.ndarray, mids: np.ndarray) -> np.ndarray:
+    """Exact labels (number of midpoints < v) for values in their original order, as int64.
+
+    This is the last O(n) pass and would dominate the run time as a binary search per value
+    (or an argsort to scatter the run labels back). Instead a uniform grid of _LABEL_CELLS
+    cells over [mids[0], mids[-1]] gives each value a lower bound of its label by table lookup,
+    and a few vectorised ``v > mids[label]`` steps finish the count exactly. The table is built
+    with one cell of slack on each side, so rounding in the cell index cannot break the bound.
+    Centroids packed too unevenly for the grid (more than _LABEL_FIXUPS midpoints within three
+    cells) fall back to the binary search.
+    """
+    lo, hi = float(mids[0]), float(mids[-1])
+    if mids.size <= _LABEL_FIXUPS or hi == lo:
+        return np.searchsorted(mids, v).astype(np.int64, copy=False)
+    cells = _LABEL_CELLS
+    scale = cells / (hi - lo)
+    # Cell c (after the +1 shift and clipping to [0, cells+1]) holds values in
+    # [lo + (c-1)/scale, lo + c/scale), up to rounding; widen by one cell both ways.
+    edge = np.arange(cells + 2, dtype=np.float64)
+    below = lo + (edge - 2) / scale
+    above = lo + (edge + 1) / scale
+    below[0], above[-1] = -math.inf, math.inf
+    m64 = mids.astype(np.float64)
+    table = np.searchsorted(m64, below, side="left")
+    fixups = int((np.searchsorted(m64, above, side="right") - table).max())
+    if fixups > _LABEL_FIXUPS:
+        return np.searchsorted(mids, v).astype(np.int64, copy=False)
+    dt = v.dtype.type
+    y = v - dt(lo)
+    y *= dt(scale)
+    y += dt(1)
+    np.clip(y, 0, cells + 1, out=y)
+    labels = table[y.astype(np.int32)]
+    del y
+    ext = np.append(mids, np.inf).astype(v.dtype)
+    for _ in range(fixups):
+        labels += v > ext[labels]
+    return labels
+
+
 def _lloyd(S, srt, P, shift, c, is_fixed, max_iter, tol):
     """Exact Lloyd iterations on sorted rows; returns float64 centroids (C, k) and fixed mask.
 
@@ -442,7 +484,7 @@ def _init_random(srt, k, fixed, rng):
     C, n = srt.shape
     need = k - fixed.size
     free = np.empty((C, need), dtype=np.float64)
-    for r in range(C):
+    for r in range(C if need else 0):
         s = srt[r]
         taken = set(fixed.tolist())
         picked: list[float] = []

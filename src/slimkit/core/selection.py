@@ -23,13 +23,12 @@ import fnmatch
 import re
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Union
 
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-Pattern = Union[str, type]
-WeightNames = Union[Sequence[str], Callable[[nn.Module], list]]
+Pattern = str | type
+WeightNames = Sequence[str] | Callable[[nn.Module], list]
 
 _WEIGHTS: dict[type, WeightNames] = {}
 

@@ -32,7 +32,8 @@ def peak_inference_memory(
     `(shape, dtype)`; the child builds inputs of that shape.
 
     Example:
-        >>> mem = peak_inference_memory("model.onnx", {"input": ((8, 16), "float32")})  # doctest: +SKIP
+        >>> specs = {"input": ((8, 16), "float32")}
+        >>> mem = peak_inference_memory("model.onnx", specs)  # doctest: +SKIP
         >>> mem["peak_mb"] > 0  # doctest: +SKIP
         True
     """

@@ -1,0 +1,89 @@
+"""The ``slimkit`` command: a thin layer over the library.
+
+Exit codes: 0 success; 1 the command ran and failed; 2 bad input (usage, missing file,
+invalid value).
+
+Example:
+    $ slimkit demo
+    $ slimkit techniques
+    $ slimkit report model.onnx --batch-size 32 --json report.json
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+
+class _BadInput(click.ClickException):
+    exit_code = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="slimkit")
+def main() -> None:
+    """slimkit: make trained PyTorch models smaller and faster, and prove it."""
+
+
+@main.command()
+@click.option("--epochs", default=20, show_default=True, help="Baseline training epochs.")
+@click.option("--finetune-epochs", default=10, show_default=True, help="Pruning fine-tune epochs.")
+@click.option("--sparsity", default=0.8, show_default=True, help="Final sparsity, in [0, 1).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Keep the ONNX files and demo.json in this folder.")
+def demo(epochs, finetune_epochs, sparsity, seed, out) -> None:
+    """Train the digits CNN, prune it to 80%, export both to ONNX and compare their reports."""
+    from slimkit.demo import run_demo
+
+    try:
+        run_demo(out, epochs=epochs, finetune_epochs=finetune_epochs, sparsity=sparsity, seed=seed)
+    except ValueError as e:
+        raise _BadInput(str(e)) from e
+
+
+@main.command()
+def techniques() -> None:
+    """List the registered techniques, built-in and contributed."""
+    import slimkit as sk
+
+    table = Table(title="slimkit techniques", title_justify="left")
+    for col in ("name", "family", "config", "source"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("description", ratio=1)
+    for t in sk.techniques():
+        table.add_row(t.name, t.family, t.config_cls.__name__, t.source, t.description)
+    Console().print(table)
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--batch-size", default=1, show_default=True, help="Batch size for latency.")
+@click.option("--threads", default=2, show_default=True, help="ONNX Runtime intra-op threads.")
+@click.option("--runs", default=100, show_default=True, help="Timed runs (0: skip latency).")
+@click.option("--no-memory", is_flag=True, help="Skip the peak-memory probe.")
+@click.option("--layers", is_flag=True, help="Also print one row per weight tensor.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON here.")
+def report(path, batch_size, threads, runs, no_memory, layers, json_path) -> None:
+    """Deployment report of an ONNX file: sizes, sparsity, unique values, entropy bound, latency."""
+    import slimkit as sk
+
+    try:
+        rep = sk.report(path, batch_size=batch_size, threads=threads, latency_runs=runs,
+                        memory=not no_memory)
+    except (FileNotFoundError, ValueError) as e:
+        raise _BadInput(str(e)) from e
+    console = Console()
+    console.print(rep.table())
+    if layers:
+        console.print(rep.layers_table())
+    if json_path:
+        rep.to_json(json_path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
