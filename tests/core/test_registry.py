@@ -80,7 +80,7 @@ def test_entry_point_group_registers_techniques(tmp_path, monkeypatch):
             pass
 
         def setup():
-            sk.register_technique("plugin-demo", PluginConfig, lambda m, c, l: None,
+            sk.register_technique("plugin-demo", PluginConfig, lambda m, c, layers: None,
                                   source="sk-plugin-demo")
 
         def broken():

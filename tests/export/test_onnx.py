@@ -79,3 +79,39 @@ def test_multiple_inputs_and_outputs(tmp_path):
     assert [i.name for i in sess.get_inputs()] == ["input_0", "input_1"]
     out = sess.run(None, {"input_0": x.numpy(), "input_1": y.numpy()})
     assert len(out) == 2 and np.allclose(out[1], m(x, y)[1].detach().numpy(), atol=1e-5)
+
+
+def test_technique_export_hooks_run_on_the_copy_and_the_onnx_model(tmp_path):
+    from dataclasses import dataclass
+
+    import onnx
+
+    from slimkit.core import registry
+
+    @dataclass
+    class TagConfig(sk.Config):
+        tag: str = "x"
+
+    seen = {}
+
+    def pre(model, ctx):
+        seen["records"] = [r["technique"] for r in ctx.records]
+        ctx.suggest_tolerance(0.5, 0.0)
+
+    def post(proto, ctx):
+        proto.metadata_props.add(key="tag", value=f"atol={ctx.atol}")
+        return proto
+
+    registry.register_technique("test-tag", TagConfig, lambda m, c, layers: None,
+                                pre_export=pre, post_export=post)
+    try:
+        model = small_model()
+        sk.apply(model, TagConfig())
+        path = sk.export_onnx(model, tmp_path / "t.onnx", example_inputs=torch.randn(2, 6))
+        meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+        assert seen["records"] == ["test-tag"] and meta["tag"] == "atol=0.5"
+        path = sk.export_onnx(model, tmp_path / "u.onnx", example_inputs=torch.randn(2, 6),
+                              atol=1e-5)  # an explicit tolerance wins over the suggestion
+        assert {p.key: p.value for p in onnx.load(path).metadata_props}["tag"] == "atol=1e-05"
+    finally:
+        registry._TECHNIQUES.pop("test-tag")

@@ -366,7 +366,7 @@ def _label_values(v: np.ndarray, mids: np.ndarray) -> np.ndarray:
     del y
     ext = np.append(mids, np.inf).astype(v.dtype)
     for _ in range(fixups):
-        labels += v > ext[labels]
+        labels += v >= ext[labels]
     return labels
 
 

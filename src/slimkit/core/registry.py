@@ -36,6 +36,11 @@ class Technique:
     ``prepare(model, config, layers)`` attaches the technique to the selected
     ``(module_name, tensor_name)`` pairs; ``select(model, config, targets, ignore)`` overrides
     the default weight selection when the technique covers other layers.
+
+    Export hooks (see :class:`slimkit.export.ExportContext`): ``pre_export(model, ctx)`` runs
+    on the deep copy before it is stripped (e.g. to turn fake-quant into explicit Q/DQ ops);
+    ``post_export(onnx_model, ctx)`` rewrites the exported ``onnx.ModelProto`` before it is
+    validated and written (e.g. int8 or index+codebook initializers).
     """
 
     name: str
@@ -45,6 +50,8 @@ class Technique:
     family: str = "other"
     description: str = ""
     source: str = "slimkit"
+    pre_export: Callable | None = None
+    post_export: Callable | None = None
 
     def __repr__(self) -> str:
         return f"Technique({self.name!r}, config={self.config_cls.__name__}, family={self.family!r})"
@@ -63,6 +70,8 @@ def register_technique(
     family: str = "other",
     description: str = "",
     source: str = "slimkit",
+    pre_export: Callable | None = None,
+    post_export: Callable | None = None,
     replace: bool = False,
 ) -> Technique:
     """Register a technique under ``name`` (see the module docstring)."""
@@ -76,7 +85,8 @@ def register_technique(
             f"a technique named {name!r} is already registered by {existing.source}; "
             "pick another name or pass replace=True"
         )
-    tech = Technique(name, config_cls, prepare, select, family, description, source)
+    tech = Technique(name, config_cls, prepare, select, family, description, source,
+                     pre_export, post_export)
     _TECHNIQUES[name] = tech
     return tech
 
@@ -92,7 +102,8 @@ def _load_entry_points() -> None:
             if isinstance(obj, Technique):
                 register_technique(
                     obj.name, obj.config_cls, obj.prepare, select=obj.select, family=obj.family,
-                    description=obj.description, source=ep.value,
+                    description=obj.description, source=ep.value, pre_export=obj.pre_export,
+                    post_export=obj.post_export,
                 )
             elif callable(obj):
                 obj()

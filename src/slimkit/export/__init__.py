@@ -1,6 +1,6 @@
 """Export: strip parametrizations and write ONNX validated in ONNX Runtime."""
 
 from slimkit.core.parametrize import strip, strip_innermost
-from slimkit.export.onnx import ExportValidationError, export_onnx, ort_session
+from slimkit.export.onnx import ExportContext, ExportValidationError, export_onnx, ort_session
 
-__all__ = ["ExportValidationError", "export_onnx", "ort_session", "strip", "strip_innermost"]
+__all__ = ["ExportContext", "ExportValidationError", "export_onnx", "ort_session", "strip", "strip_innermost"]

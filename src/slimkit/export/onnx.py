@@ -17,6 +17,7 @@ import copy
 import logging
 import os
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,29 @@ from torch.utils import _pytree
 
 from slimkit.core.io import atomic_path
 from slimkit.core.parametrize import strip
+from slimkit.core.records import records
+
+
+@dataclass
+class ExportContext:
+    """What a technique's export hooks see and may adjust.
+
+    ``compact``: the caller asked for the compact form (e.g. clustered weights as uint8
+    indices + codebook). ``atol`` / ``rtol``: the validation tolerance; a hook may widen it
+    with :meth:`suggest_tolerance` (quantized arithmetic differs from float by design) unless
+    the caller set one explicitly. ``records``: the techniques applied to the model.
+    """
+
+    compact: bool = False
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    user_tolerance: bool = False
+    records: list = field(default_factory=list)
+    notes: dict = field(default_factory=dict)
+
+    def suggest_tolerance(self, atol: float, rtol: float) -> None:
+        if not self.user_tolerance:
+            self.atol, self.rtol = max(self.atol, atol), max(self.rtol, rtol)
 
 
 class ExportValidationError(RuntimeError):
@@ -102,9 +126,10 @@ def export_onnx(
     opset_version: int | None = None,
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
-    atol: float = 1e-4,
-    rtol: float = 1e-3,
+    atol: float | None = None,
+    rtol: float | None = None,
     validate: bool = True,
+    compact: bool = False,
 ) -> Path:
     """Strip a copy of ``model``, export it to ``path`` and check it in ONNX Runtime.
 
@@ -113,7 +138,10 @@ def export_onnx(
         dynamo: use the ``torch.export``-based exporter (default); ``False`` uses the
             TorchScript one, which is faster to run and handles some older models.
         dynamic_batch: make dim 0 of every input and output a symbolic ``batch`` axis.
-        atol, rtol: ONNX Runtime outputs must satisfy ``|ort - torch| <= atol + rtol*|torch|``.
+        atol, rtol: ONNX Runtime outputs must satisfy ``|ort - torch| <= atol + rtol*|torch|``
+            (default 1e-4 and 1e-3; techniques whose deployed arithmetic differs from float,
+            such as int8, widen the default).
+        compact: ask techniques for their compact storage form where they have one.
 
     Raises:
         ValueError: the example inputs do not fit the model.
@@ -124,7 +152,19 @@ def export_onnx(
     if path.suffix != ".onnx":
         raise ValueError(f"path must end in .onnx, got {str(path)!r}")
     inputs = as_input_tuple(example_inputs)
-    plain = strip(copy.deepcopy(model)).eval()
+    ctx = ExportContext(
+        compact=compact,
+        atol=1e-4 if atol is None else atol,
+        rtol=1e-3 if rtol is None else rtol,
+        user_tolerance=atol is not None or rtol is not None,
+        records=records(model),
+    )
+    hooks = _techniques_of(ctx.records)
+    work = copy.deepcopy(model)
+    for tech in hooks:
+        if tech.pre_export is not None:
+            tech.pre_export(work, ctx)
+    plain = strip(work).eval()
     for p in plain.parameters():
         p.requires_grad_(False)
     reference = run_torch(plain, inputs)
@@ -139,9 +179,28 @@ def export_onnx(
 
     with atomic_path(path, suffix=".onnx") as tmp:
         _export(plain, inputs, tmp, dynamo, dynamic_batch, opset_version, in_names, out_names)
+        post = [t.post_export for t in hooks if t.post_export is not None]
+        if post:
+            import onnx
+
+            proto = onnx.load(str(tmp))
+            for fn in post:
+                proto = fn(proto, ctx) or proto
+            onnx.save(proto, str(tmp))
         if validate:
-            validate_onnx(tmp, inputs, reference, atol=atol, rtol=rtol, names=out_names)
+            validate_onnx(tmp, inputs, reference, atol=ctx.atol, rtol=ctx.rtol, names=out_names)
     return path
+
+
+def _techniques_of(recs: list) -> list:
+    from slimkit.core.registry import get_technique
+
+    seen, out = set(), []
+    for rec in recs:
+        if rec["technique"] not in seen:
+            seen.add(rec["technique"])
+            out.append(get_technique(rec["technique"]))
+    return out
 
 
 def _export(model, inputs, tmp, dynamo, dynamic_batch, opset, in_names, out_names) -> None:
