@@ -90,13 +90,42 @@ def test_each_value_gets_its_nearest_centroid_exactly(name, values, init):
     assert np.array_equal(labels.numpy(), brute_force_labels(values, centroids))
 
 
-def test_ties_at_midpoints_go_to_the_lower_centroid_like_argmin():
-    # Linear init on 0..8 with k=5 puts centroids at 0, 2, 4, 6, 8: 1, 3, 5, 7 are exact ties.
-    values = torch.arange(9, dtype=torch.float32)
-    centroids, labels = kmeans_1d(values, 5, init="linear", max_iter=0)
-    assert centroids.tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]
-    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4]
+@pytest.mark.parametrize("k", [3, 9])  # 2 midpoints: binary search; 8: labelling grid
+def test_ties_at_midpoints_go_to_the_lower_centroid_like_argmin(k):
+    # Linear init on 0..2(k-1) puts centroids on the even numbers: odd values are exact ties.
+    values = torch.arange(2 * k - 1, dtype=torch.float32)
+    centroids, labels = kmeans_1d(values, k, init="linear", max_iter=0)
+    assert centroids.tolist() == list(range(0, 2 * k - 1, 2))
+    assert labels.tolist() == [i // 2 for i in range(2 * k - 1)]
     assert np.array_equal(labels.numpy(), brute_force_labels(values, centroids))
+
+
+def test_adjacent_float32_values_each_keep_their_own_centroid():
+    # Midpoints of neighbouring float32 values are not float32 numbers; rounding them to nearest
+    # would hand every other value to its left neighbour.
+    grid = np.float32(1.0) + np.arange(16, dtype=np.float32) * np.finfo(np.float32).eps
+    values = np.repeat(grid, 3)
+    centroids, labels = kmeans_1d(values, 16)
+    assert np.array_equal(centroids.numpy(), grid)
+    assert np.array_equal(labels.numpy(), np.repeat(np.arange(16), 3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_labelling_grid_matches_binary_search_on_adversarial_values(dtype):
+    # Internal fast path of the final labelling pass; values sit on midpoints, on grid cell
+    # edges and one ulp either side of both, where rounding errors would show.
+    from slimkit.clustering.kmeans import _LABEL_CELLS, _label_values
+
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        mids = rng.standard_normal(int(rng.integers(5, 300))) * rng.choice([1e-3, 1.0, 1e3])
+        mids = np.sort(mids).astype(dtype)
+        lo, hi = float(mids[0]), float(mids[-1])
+        edges = lo + np.arange(-2, _LABEL_CELLS + 3) * ((hi - lo) / _LABEL_CELLS)
+        v = np.concatenate([mids, edges.astype(dtype), rng.uniform(lo - 1, hi + 1, 1000)])
+        v = v.astype(dtype)
+        v = np.concatenate([v, np.nextafter(v, dtype(np.inf)), np.nextafter(v, dtype(-np.inf))])
+        assert np.array_equal(_label_values(v, mids), np.searchsorted(mids, v, side="left"))
 
 
 @pytest.mark.parametrize("init", INITS)

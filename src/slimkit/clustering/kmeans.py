@@ -10,9 +10,11 @@ once (O(n log n)) and then each Lloyd iteration costs O(k log n):
 * update = differences of a float64 prefix sum at those boundaries (the counts are the
   boundary differences themselves).
 
-The iterations are the exact Lloyd iterations, not an approximation. 10M float32 weights with
-k=256 take well under a second on a 2-core CPU, most of it in the sort and in the final
-labelling pass.
+The iterations are the exact Lloyd iterations, not an approximation. Around them, three O(n)
+or O(n log n) passes remain: the sort, the float64 prefix sum, and the final labelling of the
+values in their original order (a table lookup on a fine grid plus exact corrections, see
+_label_values). k-means++ seeding runs on a weighted reduction of at most 32768 points
+(_seed_points). 10M float32 weights with k=256 take about 0.25 s on a 2-core CPU once warm.
 
 Empty clusters are re-seeded deterministically: the empty centroid moves to the member of the
 cluster with the largest SSE that lies farthest from that cluster's centroid (always one end of
@@ -65,7 +67,12 @@ def kmeans_1d(
 
     Returns ``(centroids, labels)``: float32 centroids sorted ascending, shape ``(k,)``, and
     int64 labels with the shape of ``values`` indexing into them. Each value gets its nearest
-    centroid (ties go to the lower index, and to a fixed centroid over an equal free one).
+    float32 centroid exactly (ties go to the lower index, and to a fixed centroid over an equal
+    free one).
+
+    Lloyd converges slowly in 1-D: the default 100 iterations can end before ``tol`` is met,
+    with an inertia up to ~1.5% above the converged one (20k randn, k=16: 198.6 vs 195.7).
+    Iterations cost O(k log n) after the sort, so a larger ``max_iter`` adds little time.
 
     Example:
         >>> w = torch.randn(64, 64)
@@ -366,7 +373,7 @@ def _label_values(v: np.ndarray, mids: np.ndarray) -> np.ndarray:
     del y
     ext = np.append(mids, np.inf).astype(v.dtype)
     for _ in range(fixups):
-        labels += v >= ext[labels]
+        labels += v > ext[labels]
     return labels
 
 
@@ -374,7 +381,7 @@ def _lloyd(S, srt, P, shift, c, is_fixed, max_iter, tol):
     """Exact Lloyd iterations on sorted rows; returns float64 centroids (C, k) and fixed mask.
 
     A value v goes to cluster j when m[j-1] < v <= m[j] (m = midpoints), i.e. ties go to the
-    lower centroid, which is the same rule torch.searchsorted applies when labelling.
+    lower centroid: the same rule as the final labelling (label = number of midpoints < v).
     """
     C, n = S.shape
     limit = torch.from_numpy(tol * (srt[:, -1].astype(np.float64) - srt[:, 0]))
@@ -594,9 +601,16 @@ def _init_kmeanspp(srt, P, shift, k, fixed, rng):
         d2 = (x - first) ** 2
         free = [first]
 
+    # The (C, m) passes below dominate the seeding time on wide batches: reuse buffers, and
+    # skip the weights when every point stands for one value.
+    unit = bool((w == 1).all())
+    wd2 = d2 if unit else torch.empty_like(d2)
+    cum = torch.empty_like(d2)
+    tmp = torch.empty_like(d2)
     for _ in range(k - fixed.size - len(free)):
-        cum = torch.cumsum(w * d2, dim=1)
-        pot = torch.nn.functional.pad(cum, (1, 0))
+        if not unit:
+            torch.mul(w, d2, out=wd2)
+        torch.cumsum(wd2, dim=1, out=cum)
         # Zero-weight (padding) points add nothing to the cumulative potential, so the
         # right-sided search never lands on them.
         u = torch.from_numpy(rng.random((C, trials))) * cum[:, -1:]
@@ -615,13 +629,20 @@ def _init_kmeanspp(srt, P, shift, k, fixed, rng):
         def span(pref: torch.Tensor, a=a, b=b) -> torch.Tensor:
             return pref.gather(1, b) - pref.gather(1, a)
 
+        def span_cum(a=a, b=b) -> torch.Tensor:  # span() of cum with its implicit leading 0
+            hi = torch.where(b > 0, cum.gather(1, (b - 1).clamp(min=0)), 0.0)
+            lo = torch.where(a > 0, cum.gather(1, (a - 1).clamp(min=0)), 0.0)
+            return hi - lo
+
         # The (x - c)^2 sum comes from prefix sums of w, w*x, w*x^2 and can lose a few digits
         # to cancellation on very tight intervals; that only blurs the choice between trials.
         cc = cand - sh
         after = span(S2) - 2 * cc * span(S1) + cc * cc * span(W)
-        gain = span(pot) - after
+        gain = span_cum() - after
         best = cand.gather(1, gain.argmax(dim=1, keepdim=True))
-        d2 = torch.minimum(d2, (x - best) ** 2)
+        torch.sub(x, best, out=tmp)
+        tmp.square_()
+        torch.minimum(d2, tmp, out=d2)
         centers = torch.sort(torch.cat([centers, best], dim=1), dim=1).values
         free.append(best)
 
