@@ -25,14 +25,19 @@ from slimkit.core import (
 from slimkit.export import ExportValidationError, export_onnx
 from slimkit.metrics import DeploymentReport, report
 from slimkit.pruning import (
+    ChannelPruningConfig,
     ConstantSparsity,
     MagnitudePruningConfig,
     PolynomialDecay,
     PruningSchedule,
+    check_sparsity,
     prune,
+    prune_channels,
+    prune_for_latency,
 )
 
 __all__ = [
+    "ChannelPruningConfig",
     "Config",
     "ConstantSparsity",
     "DeploymentReport",
@@ -44,10 +49,13 @@ __all__ = [
     "Technique",
     "__version__",
     "apply",
+    "check_sparsity",
     "export_onnx",
     "get_technique",
     "load",
     "prune",
+    "prune_channels",
+    "prune_for_latency",
     "records",
     "register_technique",
     "register_weights",

@@ -7,6 +7,7 @@ Example:
     $ slimkit demo
     $ slimkit techniques
     $ slimkit report model.onnx --batch-size 32 --json report.json
+    $ slimkit check-sparsity model.onnx --pattern 2:4
 """
 
 from __future__ import annotations
@@ -83,6 +84,31 @@ def report(path, batch_size, threads, runs, no_memory, layers, json_path) -> Non
         console.print(rep.layers_table())
     if json_path:
         rep.to_json(json_path)
+
+
+@main.command("check-sparsity")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--pattern", default="2:4", show_default=True, help="N:M pattern to check.")
+def check_sparsity(path, pattern) -> None:
+    """Check that every Conv/Gemm/MatMul weight of an ONNX file keeps at most N of every M
+    inputs non-zero. Exit 0: every checked weight satisfies it; 1: some weight violates it
+    (or none could be checked); 2: bad input."""
+    from slimkit.pruning.nm import check_sparsity as check
+
+    try:
+        result = check(path, pattern)
+    except (FileNotFoundError, ValueError) as e:
+        raise _BadInput(str(e)) from e
+    console = Console()
+    console.print(result.table())
+    bad = [w.name for w in result.checked if w.status != "ok"]
+    if not result.checked:
+        console.print(f"no weight could be checked against {result.pattern}")
+        sys.exit(1)
+    if bad:
+        console.print(f"{len(bad)} of {len(result.checked)} weight(s) violate {result.pattern}")
+        sys.exit(1)
+    console.print(f"all {len(result.checked)} checked weight(s) satisfy {result.pattern}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -191,7 +191,13 @@ def strip(model: nn.Module) -> nn.Module:
         if isinstance(module, nn.RNNBase):
             module._init_flat_weights()
     if hasattr(model, "_slimkit_records"):
-        del model._slimkit_records
+        # Records of structural techniques (e.g. channel pruning) describe the stripped model
+        # too: keep them so it still saves and loads into a fresh original model.
+        kept = [r for r in model._slimkit_records if r.get("structural")]
+        if kept:
+            object.__setattr__(model, "_slimkit_records", kept)
+        else:
+            del model._slimkit_records
     return model
 
 

@@ -22,16 +22,22 @@ def records(model: nn.Module) -> list[dict]:
     return [dict(r) for r in getattr(model, "_slimkit_records", [])]
 
 
-def add_record(model: nn.Module, technique: str, config: Config, layers) -> None:
-    """Append a record; called once per technique application."""
+def add_record(model: nn.Module, technique: str, config: Config, layers, *,
+               structural: bool = False) -> None:
+    """Append a record; called once per technique application.
+
+    ``structural`` marks a technique that changed the architecture: its record is kept by
+    ``sk.strip`` (the stripped model still has the changed shapes).
+    """
     recs = list(getattr(model, "_slimkit_records", []))
-    recs.append(
-        {
-            "technique": technique,
-            "config": config.to_dict(),
-            "layers": [[m, t] for m, t in layers],
-        }
-    )
+    rec = {
+        "technique": technique,
+        "config": config.to_dict(),
+        "layers": [[m, t] for m, t in layers],
+    }
+    if structural:
+        rec["structural"] = True
+    recs.append(rec)
     # object.__setattr__ keeps nn.Module from treating the list as anything special.
     object.__setattr__(model, "_slimkit_records", recs)
 

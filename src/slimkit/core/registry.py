@@ -41,6 +41,10 @@ class Technique:
     on the deep copy before it is stripped (e.g. to turn fake-quant into explicit Q/DQ ops);
     ``post_export(onnx_model, ctx)`` rewrites the exported ``onnx.ModelProto`` before it is
     validated and written (e.g. int8 or index+codebook initializers).
+
+    ``structural``: the technique changes the architecture itself (e.g. channel pruning
+    reshapes modules); its record survives ``sk.strip`` so a stripped model still saves and
+    loads into a fresh instance of the original class.
     """
 
     name: str
@@ -52,6 +56,7 @@ class Technique:
     source: str = "slimkit"
     pre_export: Callable | None = None
     post_export: Callable | None = None
+    structural: bool = False
 
     def __repr__(self) -> str:
         return f"Technique({self.name!r}, config={self.config_cls.__name__}, family={self.family!r})"
@@ -73,6 +78,7 @@ def register_technique(
     pre_export: Callable | None = None,
     post_export: Callable | None = None,
     replace: bool = False,
+    structural: bool = False,
 ) -> Technique:
     """Register a technique under ``name`` (see the module docstring)."""
     if not isinstance(name, str) or not name:
@@ -86,7 +92,7 @@ def register_technique(
             "pick another name or pass replace=True"
         )
     tech = Technique(name, config_cls, prepare, select, family, description, source,
-                     pre_export, post_export)
+                     pre_export, post_export, structural)
     _TECHNIQUES[name] = tech
     return tech
 
@@ -103,7 +109,7 @@ def _load_entry_points() -> None:
                 register_technique(
                     obj.name, obj.config_cls, obj.prepare, select=obj.select, family=obj.family,
                     description=obj.description, source=ep.value, pre_export=obj.pre_export,
-                    post_export=obj.post_export,
+                    post_export=obj.post_export, structural=obj.structural,
                 )
             elif callable(obj):
                 obj()
@@ -164,5 +170,5 @@ def apply(model: nn.Module, config: Config, targets=None, ignore=None) -> nn.Mod
 def prepare_layers(model: nn.Module, tech: Technique, config: Config, layers: Layers) -> nn.Module:
     """Run ``tech``'s handler on explicit layers and record it (used by apply and load)."""
     tech.prepare(model, config, layers)
-    add_record(model, tech.name, config, layers)
+    add_record(model, tech.name, config, layers, structural=tech.structural)
     return model

@@ -4,6 +4,7 @@ Example:
     >>> cfg = MagnitudePruningConfig(PolynomialDecay(0.0, 0.8, begin_step=0, end_step=500))
     >>> cfg = MagnitudePruningConfig(0.5, block_size=(1, 4))   # constant 50%, 1x4 blocks
     >>> cfg = MagnitudePruningConfig(0.9, scope="global")      # rank all layers together
+    >>> cfg = MagnitudePruningConfig(pattern="2:4")            # 2 of every 4 inputs kept
 """
 
 from __future__ import annotations
@@ -27,12 +28,18 @@ class MagnitudePruningConfig(Config):
             ``(out_features, -1)``; ``(1, 1)`` is unstructured, ``(1, 4)`` suits kernels that
             skip runs of 4 zeros along the input dimension.
         block_reduce: how a block's magnitude is scored: ``"mean"`` or ``"max"`` of ``|w|``.
+        pattern: ``"N:M"`` (e.g. ``"2:4"``) for N:M sparsity: in every group of M consecutive
+            weights along the input dimension at most N are non-zero (see
+            :mod:`slimkit.pruning.nm`). The layer's final sparsity is then ``1 - N/M``; the
+            schedule only sets the pace: at step ``t`` the fraction ``s(t) / s_final`` of each
+            layer's groups is N:M-pruned.
     """
 
     schedule: PruningSchedule | float = field(default_factory=lambda: ConstantSparsity(0.5))
     scope: str = "layer"
     block_size: tuple[int, int] = (1, 1)
     block_reduce: str = "mean"
+    pattern: str | None = None
 
     def __post_init__(self):
         if isinstance(self.schedule, (int, float)) and not isinstance(self.schedule, bool):
@@ -56,3 +63,27 @@ class MagnitudePruningConfig(Config):
             "block_size", "a pair of integers >= 1, e.g. (1, 4)",
         )
         self._require(self.block_reduce in ("mean", "max"), "block_reduce", "'mean' or 'max'")
+        if self.pattern is not None:
+            from slimkit.pruning.nm import final_sparsity, parse_pattern
+
+            self._require(parse_pattern(self.pattern) is not None, "pattern",
+                          "None or 'N:M' with integers 0 < N < M, e.g. '2:4'")
+            self._require(self.block_size == (1, 1), "block_size",
+                          "(1, 1) when a pattern is set (N:M groups replace blocks)")
+            self._require(self.scope == "layer", "scope",
+                          "'layer' when a pattern is set (every group keeps N of M)")
+            if final_sparsity(self.schedule) <= 0.0:
+                raise ValueError(
+                    f"with pattern={self.pattern!r} the schedule must end above sparsity 0 (it "
+                    f"sets the pace of N:M pruning), got {self.schedule!r} "
+                    "(MagnitudePruningConfig.schedule)"
+                )
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """``(N, M)`` of :attr:`pattern`, or None."""
+        if self.pattern is None:
+            return None
+        from slimkit.pruning.nm import parse_pattern
+
+        return parse_pattern(self.pattern)

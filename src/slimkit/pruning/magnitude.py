@@ -16,6 +16,7 @@ from slimkit.core.records import group_id
 from slimkit.core.registry import apply, register_technique
 from slimkit.pruning.config import MagnitudePruningConfig
 from slimkit.pruning.mask import PruningMask, update_masks
+from slimkit.pruning.nm import nm_layers
 
 
 def prune(model: nn.Module, config: MagnitudePruningConfig, targets=None, ignore=None) -> nn.Module:
@@ -35,6 +36,8 @@ def prune(model: nn.Module, config: MagnitudePruningConfig, targets=None, ignore
 
 
 def _prepare(model: nn.Module, config: MagnitudePruningConfig, layers) -> None:
+    if config.nm is not None:
+        layers = nm_layers(model, layers, config.nm[1])
     for mname, tname in layers:
         t = raw_tensor(get_module(model, mname), tname)
         if not torch.is_floating_point(t):

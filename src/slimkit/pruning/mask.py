@@ -69,6 +69,9 @@ def update_masks(model: nn.Module, sites: list, sparsity: float) -> None:
         module = get_module(model, mname)
         items.append((module, tname, index, p))
     cfg = items[0][3].config
+    if cfg.nm is not None:
+        _update_nm_masks(items, cfg, sparsity)
+        return
     with torch.no_grad():
         scores = [_block_scores(input_of(m, t, i) * p.mask, cfg, f"{t}") for m, t, i, p in items]
         if cfg.scope == "global":
@@ -85,6 +88,21 @@ def update_masks(model: nn.Module, sites: list, sparsity: float) -> None:
                 # then matches what the model computes with.
                 raw = m.parametrizations[t].original
                 raw.masked_fill_(p.mask == 0, 0.0)
+
+
+def _update_nm_masks(items: list, cfg: MagnitudePruningConfig, sparsity: float) -> None:
+    # The schedule sets the pace: at s(t) the share s(t) / s_final of each layer's groups is
+    # N:M-pruned, so the last update leaves every group with at most N non-zeros.
+    from slimkit.pruning.nm import final_sparsity, nm_keep_mask
+
+    n, m = cfg.nm
+    fraction = sparsity / final_sparsity(cfg.schedule)
+    with torch.no_grad():
+        for module, t, i, p in items:
+            keep = nm_keep_mask(input_of(module, t, i) * p.mask, n, m, fraction)
+            p.mask.copy_(keep.to(p.mask.dtype))
+            if i == 0:
+                module.parametrizations[t].original.masked_fill_(p.mask == 0, 0.0)
 
 
 def _keep_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
