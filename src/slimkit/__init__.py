@@ -8,6 +8,7 @@ Example:
 
 __version__ = "0.1.0"
 
+from slimkit.clustering import ClusteringConfig, cluster
 from slimkit.core import (
     Config,
     Scheduler,
@@ -38,6 +39,7 @@ from slimkit.pruning import (
 
 __all__ = [
     "ChannelPruningConfig",
+    "ClusteringConfig",
     "Config",
     "ConstantSparsity",
     "DeploymentReport",
@@ -50,6 +52,7 @@ __all__ = [
     "__version__",
     "apply",
     "check_sparsity",
+    "cluster",
     "export_onnx",
     "get_technique",
     "load",

@@ -1,0 +1,121 @@
+"""Training-step time of a clustered model vs the same model plain, side by side in one run.
+
+Models: the digits CNN (batch 32 of 1x8x8) and a 4 x 1024 MLP (batch 64 of 1024 features),
+16 clusters per layer, per tensor and per channel. Each step is forward + backward + optimizer
+step (+ ``scheduler.step()`` for the clustered model; refresh_every=0, so no step re-assigns).
+Timings alternate between the variants in rounds so they share the machine's noise; the
+figure is the median step time of the clustered model / the median of the plain one.
+
+    python benchmarks/clustering_overhead.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+import slimkit as sk
+from slimkit.clustering import ClusteringConfig, cluster
+from slimkit.core.io import atomic_path
+from slimkit.examples import DigitsCNN
+
+
+def mlp() -> nn.Module:
+    layers = []
+    for _ in range(4):
+        layers += [nn.Linear(1024, 1024), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(1024, 10))
+
+
+def make_step(model, x, y, optimizer, scheduler=None):
+    if optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+    return step
+
+
+def timed(step, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure(name, make, x, y, per_channel, optimizer, rounds, steps) -> dict:
+    torch.manual_seed(0)
+    plain = make()
+    clustered = copy.deepcopy(plain)
+    # Per channel, the digits CNN's conv1 (9 weights per channel) cannot hold 16 values.
+    ignore = ["conv1"] if per_channel and isinstance(plain, DigitsCNN) else None
+    cluster(clustered, ClusteringConfig(16, per_channel=per_channel), ignore=ignore)
+    variants = {"plain": make_step(plain, x, y, optimizer),
+                "clustered": make_step(clustered, x, y, optimizer, sk.Scheduler(clustered))}
+    for step in variants.values():
+        timed(step, 10)  # warm-up
+    times = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, step in variants.items():
+            times[k] += timed(step, steps)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"model": name, "per_channel": per_channel, "optimizer": optimizer,
+            "plain_ms": 1e3 * med["plain"], "clustered_ms": 1e3 * med["clustered"],
+            "ratio": med["clustered"] / med["plain"], "steps_each": rounds * steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/clustering_overhead.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    cases = [
+        ("digits CNN, batch 32", DigitsCNN, torch.rand(32, 1, 8, 8, generator=g),
+         torch.randint(0, 10, (32,), generator=g)),
+        ("MLP 4x1024, batch 64", mlp, torch.randn(64, 1024, generator=g),
+         torch.randint(0, 10, (64,), generator=g)),
+    ]
+    rows = [measure(name, make, x, y, pc, opt, args.rounds, args.steps)
+            for name, make, x, y in cases for pc in (False, True) for opt in ("adam", "sgd")]
+    table = Table(title=f"training step time, clustered (16) vs plain, medians, "
+                        f"{args.threads} threads")
+    for c in ("model", "codebook", "optimizer", "plain ms", "clustered ms", "ratio", "steps"):
+        table.add_column(c, justify="left" if c in ("model", "codebook", "optimizer") else "right")
+    for r in rows:
+        table.add_row(r["model"], "per channel" if r["per_channel"] else "per tensor",
+                      r["optimizer"], f"{r['plain_ms']:.3f}", f"{r['clustered_ms']:.3f}",
+                      f"{r['ratio']:.3f}x", str(r["steps_each"]))
+    Console().print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps({"torch": torch.__version__, "threads": args.threads,
+                                   "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
