@@ -52,23 +52,27 @@ def test_compact_export_is_4x_smaller_and_ort_folds_it_back(seeded, tmp_path, pe
     assert not any("__indices" in n or "__codebook" in n for n in inits)
 
 
-def test_report_reads_the_compact_file_like_the_plain_one(seeded, tmp_path):
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_report_reads_the_compact_file_like_the_plain_one(seeded, tmp_path, per_channel):
     model = DigitsCNN()
     sk.prune(model, sk.MagnitudePruningConfig(0.8))
-    cluster(model, ClusteringConfig(16, preserve_sparsity=True))
+    cluster(model, ClusteringConfig(16, preserve_sparsity=True, per_channel=per_channel),
+            ignore=["conv1"] if per_channel else None)
     x = torch.randn(8, 1, 8, 8)
     plain = onnx_weight_inventory(sk.export_onnx(model, tmp_path / "p.onnx", example_inputs=x))
     compact = onnx_weight_inventory(
         sk.export_onnx(model, tmp_path / "c.onnx", example_inputs=x, compact=True))
-    # The uint8 index tensors stand for the weights: same shapes, same number of distinct
-    # values, and index 0 is 0.0, so the same zeros and the same entropy bound.
-    assert [s.shape for s in compact.layers] == [s.shape for s in plain.layers]
-    assert [s.unique for s in compact.layers] == [s.unique for s in plain.layers] == [16] * 4
+    # The report rebuilds compact weights from indices + codebooks: the same statistics as
+    # the plain file, per-channel codebooks included.
+    by_name = {s.name: s for s in plain.layers}
+    assert sorted(s.name for s in compact.layers) == sorted(by_name)
+    for s in compact.layers:
+        ref = by_name[s.name]
+        assert (s.shape, s.unique, s.nonzero) == (ref.shape, ref.unique, ref.nonzero)
     assert compact.sparsity == pytest.approx(plain.sparsity, abs=1e-12)
     assert plain.sparsity == pytest.approx(0.8, abs=1e-3)
     assert compact.entropy_bound_bytes == pytest.approx(plain.entropy_bound_bytes, rel=1e-9)
-    # The codebooks (16 floats per layer, 0.0 among them) count as parameters too.
-    assert compact.parameters == plain.parameters + 4 * 16
+    assert compact.parameters == plain.parameters
 
 
 def test_encode_is_bit_exact_along_any_axis():

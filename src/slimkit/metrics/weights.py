@@ -147,8 +147,13 @@ def onnx_weight_inventory(path_or_model: str | Path | onnx.ModelProto) -> Weight
     """
     model = _load_onnx(path_or_model)
     inventory = WeightInventory()
+    rebuilt, feeding = _compact_weights(model.graph)
+    for name, array in rebuilt.items():
+        inventory.parameters += int(array.size)
+        inventory.nonzero += int(np.count_nonzero(array))
+        inventory.layers.append(WeightStats.from_array(name, array))
     for name, proto in _onnx_tensors(model.graph):
-        if proto.data_type not in _ONNX_PARAM_TYPES:
+        if proto.data_type not in _ONNX_PARAM_TYPES or name in feeding:
             continue
         array = numpy_helper.to_array(proto)
         inventory.parameters += int(array.size)
@@ -215,6 +220,36 @@ def _load_onnx(path_or_model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; expected the path of an .onnx file")
     return onnx.load(path)
+
+
+def _compact_weights(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], set[str]]:
+    """Weights stored compactly (uint8 indices + codebook, see slimkit.clustering.compact),
+    rebuilt, and the names of the initializers that store them.
+
+    Counting the index tensor as the weight would be right per tensor but wrong for
+    per-channel codebooks (indices repeat across channels with different values).
+    """
+    from slimkit.clustering.compact import expand_compact
+
+    rebuilt = expand_compact(graph)
+    if not rebuilt:
+        return {}, set()
+    inits = {t.name for t in graph.initializer}
+    made = {out: node for node in graph.node for out in node.output}
+    feeding: set[str] = set()
+
+    def walk(name: str) -> None:
+        if name in inits:
+            feeding.add(name)
+        elif name in made and made[name].op_type in ("Cast", "Add"):
+            for upstream in made[name].input:
+                walk(upstream)
+
+    for node in graph.node:
+        if node.op_type == "Gather" and node.output[0] in rebuilt:
+            for name in node.input:
+                walk(name)
+    return rebuilt, feeding
 
 
 def _onnx_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorProto]]:
