@@ -36,6 +36,7 @@ from slimkit.pruning import (
     prune_channels,
     prune_for_latency,
 )
+from slimkit.quantization import QATConfig, QuantizationConfig, calibrate, quantize
 
 __all__ = [
     "ChannelPruningConfig",
@@ -47,10 +48,13 @@ __all__ = [
     "MagnitudePruningConfig",
     "PolynomialDecay",
     "PruningSchedule",
+    "QATConfig",
+    "QuantizationConfig",
     "Scheduler",
     "Technique",
     "__version__",
     "apply",
+    "calibrate",
     "check_sparsity",
     "cluster",
     "export_onnx",
@@ -59,6 +63,7 @@ __all__ = [
     "prune",
     "prune_channels",
     "prune_for_latency",
+    "quantize",
     "records",
     "register_technique",
     "register_weights",

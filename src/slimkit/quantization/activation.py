@@ -1,0 +1,210 @@
+"""Activation quantizers: observers and fake-quant on the inputs and outputs of quantized layers.
+
+They are child modules of the layer they serve (``layer.sk_input_quant`` /
+``layer.sk_output_quant``), called from forward hooks, so the model keeps its structure, its
+state_dict carries the ranges, and ``copy.deepcopy`` / ``sk.save`` just work.
+
+Example:
+    >>> attach(conv, ActivationQuantizer(cfg), ActivationQuantizer(cfg, relu_first=True))
+    >>> conv(x)     # input and (ReLU'd) output fake-quantized once calibrated
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from slimkit.quantization.config import QuantizationConfig
+from slimkit.quantization.fake_quant import fake_quant
+from slimkit.quantization.observers import make_observer
+
+INPUT, OUTPUT = "sk_input_quant", "sk_output_quant"
+
+
+def activation_range(cfg_dtype: str) -> tuple[int, int]:
+    return (0, 255) if cfg_dtype == "uint8" else (-128, 127)
+
+
+def qparams(lo: float, hi: float, dtype: str, symmetric: bool) -> tuple[float, int]:
+    """(scale, zero point) of a range, the range widened to include 0 (so 0 is exact)."""
+    qmin, qmax = activation_range(dtype)
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if symmetric:
+        amax = max(-lo, hi)
+        scale = amax / ((qmax - qmin) // 2) if amax > 0 else 1.0
+        return scale, (qmin + qmax + 1) // 2
+    scale = (hi - lo) / (qmax - qmin) if hi > lo else 1.0
+    zp = int(min(max(round(qmin - lo / scale), qmin), qmax))
+    return scale, zp
+
+
+def _exporting() -> bool:
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+class ActivationQuantizer(nn.Module):
+    """Observes a tensor, then fake-quantizes it per tensor with the observed range.
+
+    PTQ: observes while ``calibrating`` (float passes through), then quantizes with the
+    frozen range. QAT (``qat=True``): in training mode it observes and quantizes at once,
+    until ``frozen`` (set by the scheduler at ``freeze_observers_step``).
+    ``relu_first`` applies the ReLU that follows the layer before quantizing, as ORT fuses it.
+    """
+
+    def __init__(self, cfg: QuantizationConfig, qat: bool = False, relu_first: bool = False):
+        super().__init__()
+        self.dtype = cfg.activation_dtype
+        self.symmetric = cfg.activation_scheme == "symmetric"
+        self.observer_name, self.percentile = cfg.observer, cfg.percentile
+        self.averaging_constant = cfg.averaging_constant
+        self.qat, self.relu_first = qat, relu_first
+        self.calibrating = False
+        self.export = None  # (scale, zero point) as Python numbers once in export mode
+        self.observer = None
+        self.register_buffer("lo", torch.zeros(()))
+        self.register_buffer("hi", torch.zeros(()))
+        self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def levels(self) -> int:
+        qmin, qmax = activation_range(self.dtype)
+        return qmax - qmin + 1
+
+    def qparams(self) -> tuple[float, int]:
+        return qparams(float(self.lo), float(self.hi), self.dtype, self.symmetric)
+
+    def start_calibration(self) -> None:
+        self.observer = make_observer(self.observer_name, self.percentile, self.averaging_constant)
+        self.calibrating = True
+
+    def finish_calibration(self) -> bool:
+        """Set the range from what was observed; False if the layer never ran."""
+        self.calibrating = False
+        obs, self.observer = self.observer, None
+        if obs is None or obs.lo is None:
+            return False
+        lo, hi = obs.range(self.levels)
+        self.set_range(lo, hi)
+        return True
+
+    def set_range(self, lo: float, hi: float) -> None:
+        self.lo.fill_(lo)
+        self.hi.fill_(hi)
+        self.calibrated.fill_(True)
+
+    def _observe_training(self, x: torch.Tensor) -> None:
+        # Tensor ops only: this runs on every training step, and Python round trips per
+        # layer would dominate QAT's overhead on small models.
+        with torch.no_grad():
+            if self.observer_name in ("minmax", "moving_average"):
+                lo, hi = torch.aminmax(x.detach())
+            else:
+                obs = make_observer(self.observer_name, self.percentile)
+                obs.update(x)
+                lo, hi = (torch.tensor(v) for v in obs.range(self.levels))
+            if not bool(self.calibrated):
+                self.lo.copy_(lo)
+                self.hi.copy_(hi)
+                self.calibrated.fill_(True)
+            elif self.observer_name == "minmax":
+                torch.minimum(self.lo, lo, out=self.lo)
+                torch.maximum(self.hi, hi, out=self.hi)
+            else:
+                self.lo.add_(self.averaging_constant * (lo - self.lo))
+                self.hi.add_(self.averaging_constant * (hi - self.hi))
+
+    def tensor_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`qparams` as tensors (scale float32, zero point int32), without a sync."""
+        qmin, qmax = activation_range(self.dtype)
+        lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)
+        if self.symmetric:
+            scale = torch.maximum(-lo, hi) / ((qmax - qmin) // 2)
+            zp = torch.full((), (qmin + qmax + 1) // 2, dtype=torch.int32)
+        else:
+            scale = (hi - lo) / (qmax - qmin)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        if not self.symmetric:
+            zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax).to(torch.int32)
+        return scale.float(), zp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.relu_first:
+            x = F.relu(x)
+        if self.export is not None:
+            return export_fake_quant(x, *self.export, self.dtype)
+        if self.calibrating:
+            self.observer.update(x)
+            return x
+        if self.qat and self.training and not bool(self.frozen):
+            self._observe_training(x)
+        if not bool(self.calibrated):
+            return x
+        scale, zp = self.tensor_qparams()
+        qmin, qmax = activation_range(self.dtype)
+        return fake_quant(x, scale, zp, qmin, qmax)
+
+    def extra_repr(self) -> str:
+        if not bool(self.calibrated):
+            return f"{self.dtype}, {self.observer_name}, not calibrated"
+        scale, zp = self.qparams()
+        return f"{self.dtype}, scale={scale:.4g}, zero_point={zp}, relu_first={self.relu_first}"
+
+
+class DynamicQuantizer(nn.Module):
+    """Quantizes a tensor per tensor with its own min/max at run time (uint8, asymmetric).
+
+    The arithmetic is ONNX's DynamicQuantizeLinear. Under export it is the identity: the
+    ONNX rewrite inserts DynamicQuantizeLinear itself, so ORT runs MatMulInteger.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _exporting():
+            return x
+        with torch.no_grad():
+            lo = torch.clamp(x.min(), max=0.0)
+            hi = torch.clamp(x.max(), min=0.0)
+            scale = torch.where(hi > lo, (hi - lo) / 255.0, torch.ones_like(hi))
+            zp = torch.clamp(torch.round(-lo / scale), 0, 255)
+        return fake_quant(x, scale, zp, 0, 255)
+
+
+def export_fake_quant(x: torch.Tensor, scale: float, zp: int, dtype: str) -> torch.Tensor:
+    """Quantize-dequantize with ops ``torch.onnx`` turns into QuantizeLinear/DequantizeLinear.
+
+    ``torch.fake_quantize_per_tensor_affine`` fails under ``torch.export`` with a dynamic batch
+    axis (torch 2.13), the decomposed ops do not.
+    """
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the ops)
+
+    qd = torch.ops.quantized_decomposed
+    qmin, qmax = activation_range(dtype)
+    tdtype = torch.uint8 if dtype == "uint8" else torch.int8
+    q = qd.quantize_per_tensor(x, scale, zp, qmin, qmax, tdtype)
+    return qd.dequantize_per_tensor(q, scale, zp, qmin, qmax, tdtype)
+
+
+def _pre_hook(module: nn.Module, args):
+    q = module._modules.get(INPUT)
+    if q is None or not args:
+        return None
+    return (q(args[0]), *args[1:])
+
+
+def _post_hook(module: nn.Module, args, output):
+    q = module._modules.get(OUTPUT)
+    return None if q is None else q(output)
+
+
+def attach(module: nn.Module, input_q: nn.Module | None, output_q: nn.Module | None) -> None:
+    """Give ``module`` its activation quantizers and the hooks that call them."""
+    if input_q is not None:
+        module.add_module(INPUT, input_q)
+    if output_q is not None:
+        module.add_module(OUTPUT, output_q)
+    if _pre_hook not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_pre_hook)
+    if _post_hook not in module._forward_hooks.values():
+        module.register_forward_hook(_post_hook)
+

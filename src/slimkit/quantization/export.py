@@ -1,0 +1,279 @@
+"""Export hooks: quantized torch model -> QDQ ONNX with int8 / int4 weight initializers.
+
+``pre_export`` (on the export copy, before strip) notes every quantized weight's scale, puts
+activation quantizers in export mode (ops that become QuantizeLinear / DequantizeLinear) and
+suggests a validation tolerance of two output quantization steps. Strip then bakes the
+fake-quantized weights: floats that are exactly ``integer * scale``.
+
+``post_export`` replaces each such float initializer by integers + DequantizeLinear, so the
+file is ~4x (int8) or ~8x (int4) smaller; ORT fuses DequantizeLinear -> Conv/Gemm ->
+QuantizeLinear into QLinearConv / QGemm. In dynamic mode, MatMul/Gemm on a quantized weight
+becomes DynamicQuantizeLinear -> MatMulInteger, which ORT runs as DynamicQuantizeMatMul.
+
+Example:
+    >>> sk.quantize(model, sk.QuantizationConfig(), calibration=x[:100])
+    >>> sk.export_onnx(model, "int8.onnx", example_inputs=x[:8])   # calls both hooks
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from slimkit.core.parametrize import get_module, input_of, slim_parametrizations
+from slimkit.quantization.activation import (
+    INPUT,
+    OUTPUT,
+    ActivationQuantizer,
+    DynamicQuantizer,
+    attach,
+)
+from slimkit.quantization.fake_quant import WeightFakeQuant, quantize_weight
+
+NOTES_KEY = "slimkit.quantization"
+
+
+def pre_export(model: nn.Module, ctx) -> None:
+    notes = ctx.notes.setdefault(NOTES_KEY, {})
+    weights = notes.setdefault("weights", {})
+    for mname, tname, index, p in slim_parametrizations(model):
+        if not isinstance(p, WeightFakeQuant):
+            continue
+        module = get_module(model, mname)
+        with torch.no_grad():
+            w = input_of(module, tname, index)
+            scale = p.scale(w)
+            q = quantize_weight(w, scale, p.bits, p.group_size, p.narrow)
+            baked = p(w)  # exactly what strip writes into the exported weight
+        key = f"{mname}.{tname}" if mname else tname
+        weights[key] = {
+            "q": q.numpy().astype(np.int8), "scale": scale.numpy(), "baked": baked.numpy(),
+            "bits": p.bits, "group_size": p.group_size, "narrow": p.narrow,
+            "dynamic": isinstance(module._modules.get(INPUT), DynamicQuantizer),
+        }
+
+    out_scales = []
+    for name, module in model.named_modules():
+        for q in (module._modules.get(INPUT), module._modules.get(OUTPUT)):
+            if isinstance(q, ActivationQuantizer):
+                if not bool(q.calibrated):
+                    raise ValueError(
+                        f"layer {name!r} has activation quantizers that were never calibrated: "
+                        "run sk.quantize(model, config, calibration=data) (or "
+                        "slimkit.quantization.calibrate) before exporting"
+                    )
+                # Python numbers: torch.export cannot read tensor values while tracing.
+                q.export = q.qparams()
+        out_q = module._modules.get(OUTPUT)
+        if isinstance(out_q, ActivationQuantizer):
+            out_scales.append(out_q.qparams()[0])
+    # Layers whose input is another layer's quantized output get a Q/DQ with the producer's
+    # parameters (exact on those values) so ORT sees a quantized input and fuses the op.
+    for module in list(model.modules()):
+        src = getattr(module, "_sk_input_from", None)
+        if src and module._modules.get(INPUT) is None:
+            producer_q = get_module(model, src)._modules[OUTPUT]
+            q = copy.deepcopy(producer_q)
+            q.relu_first = False
+            attach(module, q, None)
+    if out_scales:
+        ctx.suggest_tolerance(2.0 * max(out_scales), 1e-3)
+    if any(w["dynamic"] for w in weights.values()):
+        # ORT's DynamicQuantizeLinear and the torch simulation agree up to float summation
+        # order, which can flip a rounding: a few activation steps at the output.
+        ctx.suggest_tolerance(5e-2, 5e-2)
+
+
+def post_export(proto, ctx):
+    weights = ctx.notes.get(NOTES_KEY, {}).get("weights", {})
+    if not weights:
+        return proto
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    int4 = False
+    for name, info in weights.items():
+        init, transposed = _find(inits, name, info["baked"])
+        if init is None:
+            continue  # the exporter turned it into something else: it stays float
+        q, scale = info["q"], np.asarray(info["scale"], dtype=np.float32)
+        if info["dynamic"] and q.ndim == 2 and _rewrite_dynamic(graph, init.name, q, scale,
+                                                                 transposed):
+            graph.initializer.remove(init)
+            continue
+        int4 |= info["bits"] == 4
+        _add_dequantize(graph, init.name, q, scale, info, transposed)
+        graph.initializer.remove(init)
+        del inits[init.name]
+    _merge_duplicate_qdq(graph)
+    # The exporter annotates every node with torch stack traces: ~1 KB per Q/DQ node, a fifth
+    # of a small int8 file. They are debugging aids, not part of the model.
+    for node in graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    if int4:
+        # INT4 initializers and blocked DequantizeLinear need opset 21; from opset 20 to 21
+        # only type support changed, so raising it is safe.
+        for op in proto.opset_import:
+            if op.domain in ("", "ai.onnx") and op.version < 21:
+                op.version = 21
+    return proto
+
+
+def _merge_duplicate_qdq(graph) -> None:
+    """Merge QuantizeLinear / DequantizeLinear nodes that repeat the same op on one tensor.
+
+    Two layers reading one quantized tensor (a block's output feeding both a conv and the
+    shortcut conv) each re-quantize it with the same parameters. One node does the same, and
+    a single-consumer Q/DQ pair lets ORT drop the round trip between its int8 kernels.
+    """
+    from onnx import numpy_helper
+
+    consts = {i.name: numpy_helper.to_array(i).tobytes() for i in graph.initializer
+              if np.prod(i.dims) <= 1}
+    outputs = {o.name for o in graph.output}
+    seen: dict = {}
+    renamed: dict = {}
+    for node in list(graph.node):
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or node.output[0] in outputs:
+            continue
+        key = (node.op_type, node.input[0],
+               tuple(consts.get(n, n) for n in node.input[1:]),
+               tuple(sorted((a.name, a.i) for a in node.attribute)))
+        if key in seen:
+            renamed[node.output[0]] = seen[key]
+            graph.node.remove(node)
+        else:
+            seen[key] = node.output[0]
+
+
+def _find(inits: dict, name: str, baked: np.ndarray):
+    """The initializer holding weight ``name``: by name, else by value (the exporter may store
+    a Linear weight pre-transposed under a generated name). Returns ``(init, transposed)``."""
+    from onnx import numpy_helper
+
+    if name in inits:
+        return inits[name], False
+    if baked.ndim != 2:
+        return None, False
+    for init in inits.values():
+        if (tuple(init.dims) == baked.shape[::-1] and init.data_type == 1
+                and np.array_equal(numpy_helper.to_array(init), baked.T)):
+            return init, True
+    return None, False
+
+
+def _add_dequantize(graph, name: str, q: np.ndarray, scale: np.ndarray, info: dict,
+                    transposed: bool) -> None:
+    from onnx import helper, numpy_helper
+
+    bits = info["bits"]
+    # Output channels are axis 0 of the torch weight, axis 1 of a pre-transposed one.
+    axis = 1 if (info["group_size"] is not None) != transposed else 0
+    if transposed:
+        q, scale = q.T, scale.T
+    qname, sname, zname = f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
+    graph.initializer.append(_int_tensor(qname, q, bits))
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(scale), sname))
+    graph.initializer.append(_int_tensor(zname, np.zeros(scale.shape), bits))
+    attrs = {}
+    if scale.ndim >= 1:
+        attrs["axis"] = axis
+    if info["group_size"]:
+        attrs["block_size"] = info["group_size"]
+    node = helper.make_node("DequantizeLinear", [qname, sname, zname], [name],
+                            name=f"{name}_dequantize", **attrs)
+    graph.node.insert(0, node)
+
+
+def _int_tensor(name: str, values: np.ndarray, bits: int):
+    """An INT8 or INT4 initializer stored as raw bytes (two int4 values per byte, low first)."""
+    from onnx import TensorProto, helper
+
+    ints = np.asarray(values).astype(np.int8)
+    if bits == 8:
+        return helper.make_tensor(name, TensorProto.INT8, ints.shape, ints.tobytes(), raw=True)
+    flat = ints.flatten()
+    if flat.size % 2:
+        flat = np.append(flat, np.int8(0))
+    nibbles = (flat.astype(np.uint8) & 0x0F).reshape(-1, 2)
+    packed = (nibbles[:, 0] | (nibbles[:, 1] << 4)).astype(np.uint8)
+    return helper.make_tensor(name, TensorProto.INT4, ints.shape, packed.tobytes(), raw=True)
+
+
+def _consumers(graph, tensor: str) -> list:
+    return [n for n in graph.node if tensor in n.input]
+
+
+def _attr(node, key, default):
+    for a in node.attribute:
+        if a.name == key:
+            return a.f if a.type == a.FLOAT else a.i
+    return default
+
+
+def _rewrite_dynamic(graph, name: str, q: np.ndarray, scale: np.ndarray,
+                     transposed: bool) -> bool:
+    """Turn every matmul on weight ``name`` into DynamicQuantizeLinear -> MatMulInteger ->
+    Cast -> Mul(scales). ``q`` is the torch layout [out, in]; the initializer is [in, out] if
+    ``transposed``. False (graph untouched) if some use is not a matmul on it."""
+    plans = []
+    for node in _consumers(graph, name):
+        args = list(node.input)
+        plain = (_attr(node, "transA", 0) == 0 and _attr(node, "alpha", 1.0) == 1.0
+                 and _attr(node, "beta", 1.0) == 1.0)
+        if node.op_type == "Gemm" and args.index(name) == 1 and plain and (
+            _attr(node, "transB", 0) == (0 if transposed else 1)
+        ):
+            plans.append((node, args[0], args[2] if len(args) > 2 else None, node.output[0],
+                          [node]))
+        elif node.op_type == "MatMul" and transposed and args.index(name) == 1:
+            plans.append((node, args[0], None, node.output[0], [node]))
+        elif node.op_type == "Transpose" and not transposed and _perm(node) == [1, 0]:
+            users = _consumers(graph, node.output[0])
+            if not users or any(u.op_type != "MatMul" or u.input[1] != node.output[0]
+                                for u in users):
+                return False
+            plans.extend((u, u.input[0], None, u.output[0], [u]) for u in users)
+            plans.append((node, None, None, None, [node]))
+        else:
+            return False
+    if not plans or scale.ndim > 1:
+        return False
+    from onnx import TensorProto, helper, numpy_helper
+
+    b = f"{name}_quantized_t"
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(q.T).astype(np.int8), b))
+    graph.initializer.append(numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"))
+    for k, (node, a, bias, out, removed) in enumerate(plans):
+        pos = list(graph.node).index(node)
+        for r in removed:
+            graph.node.remove(r)
+        if a is None:
+            continue
+        p = f"{name}_dq{k}"
+        new = [
+            helper.make_node("DynamicQuantizeLinear", [a], [f"{p}_a", f"{p}_as", f"{p}_az"]),
+            helper.make_node("MatMulInteger", [f"{p}_a", b, f"{p}_az"], [f"{p}_i32"]),
+            helper.make_node("Cast", [f"{p}_i32"], [f"{p}_f"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{p}_as", f"{name}_scale"], [f"{p}_s"]),
+            helper.make_node("Mul", [f"{p}_f", f"{p}_s"], [out if bias is None else f"{p}_y"]),
+        ]
+        if bias is not None:
+            new.append(helper.make_node("Add", [f"{p}_y", bias], [out]))
+        for j, n in enumerate(new):
+            n.name = f"{p}_{n.op_type}_{j}"
+            graph.node.insert(pos + j, n)
+    return True
+
+
+def _perm(node) -> list:
+    for a in node.attribute:
+        if a.name == "perm":
+            return list(a.ints)
+    return []

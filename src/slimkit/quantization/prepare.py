@@ -1,0 +1,150 @@
+"""Prepare a model for quantization: pick the layers, fold BN, attach fake-quant and observers.
+
+Which layers each mode quantizes, and why the others stay float:
+- static: Conv1d, Conv2d, Linear (ORT runs them as QLinearConv / QGemm / QLinearMatMul);
+- dynamic: Linear (ORT runs MatMulInteger with activations quantized at run time);
+- both also store Embedding tables as int8 (weight-only: a lookup has no matmul to speed up);
+- weight_only: Linear, Conv, ConvTranspose, Embedding (any weight read through DequantizeLinear).
+Everything else that owns weights stays fp32, listed in one warning.
+
+Example:
+    >>> layers = select_layers(model, QuantizationConfig(), targets=None, ignore=["fc2"])
+    >>> prepare(model, QuantizationConfig(), layers)
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn as nn
+
+from slimkit.core.parametrize import expand_tied, get_module, raw_tensor, register
+from slimkit.core.records import group_id
+from slimkit.core.selection import _owns_unknown_weight, module_type, select_weights, weight_names
+from slimkit.quantization.activation import ActivationQuantizer, DynamicQuantizer, attach
+from slimkit.quantization.config import QATConfig, QuantizationConfig
+from slimkit.quantization.fake_quant import WeightFakeQuant
+from slimkit.quantization.graph import analyze, fold_batchnorm
+
+_CONV = (nn.Conv1d, nn.Conv2d)
+# Embeddings are lookups: in every mode their table is stored int8 and read through
+# DequantizeLinear (as ORT's own dynamic quantizer does with Gather).
+SUPPORTED = {
+    "static": (nn.Linear, *_CONV, nn.Embedding),
+    "dynamic": (nn.Linear, nn.Embedding),
+    "weight_only": (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding),
+}
+_ACCEPTED = {
+    "static": "Linear, Conv1d, Conv2d (Embedding weight-only)",
+    "dynamic": "Linear (Embedding weight-only)",
+    "weight_only": "Linear, Conv1d/2d/3d, ConvTranspose, Embedding",
+}
+
+
+def _why_not(module: nn.Module, mode: str) -> str:
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return "no int8 ConvTranspose kernel in ONNX Runtime: use mode='weight_only'"
+    if isinstance(module, nn.RNNBase):
+        return "recurrent weights have no int8 ONNX Runtime path"
+    if isinstance(module, nn.MultiheadAttention):
+        return "fused attention projections: its out_proj Linear is quantized"
+    if isinstance(module, nn.modules.conv._ConvNd) and mode == "dynamic":
+        return "dynamic int8 covers Linear only: use mode='static' for convolutions"
+    return f"no {mode} int8 path for {module_type(module).__name__}"
+
+
+def select_layers(model: nn.Module, config: QuantizationConfig, targets, ignore) -> list:
+    """The ``(module, 'weight')`` pairs to quantize; warns once about what stays float."""
+    supported = SUPPORTED[config.mode]
+    skipped: list[str] = []
+
+    def names_for(name: str, module: nn.Module) -> list[str]:
+        names = weight_names(module)
+        if not names:
+            if _owns_unknown_weight(module):
+                skipped.append(f"{name} ({module_type(module).__name__}: weights slimkit does "
+                               "not know; declare them with sk.register_weights)")
+            return []
+        if isinstance(module, supported):
+            return ["weight"]
+        skipped.append(f"{name} ({module_type(module).__name__}: {_why_not(module, config.mode)})")
+        return []
+
+    try:
+        # One warning for everything that stays float: the selection's own warning about
+        # unknown layers is folded into ours.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            layers = select_weights(model, targets, ignore, names_for=names_for,
+                                    technique=f"{config.mode} quantization")
+        for w in caught:
+            if "whose weights it does not know" not in str(w.message):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    except ValueError as e:
+        raise ValueError(
+            f"{type(config).__name__}(mode={config.mode!r}) found no quantizable layer in "
+            f"{type(model).__name__}: it quantizes {_ACCEPTED[config.mode]} ({e})"
+        ) from None
+    if skipped:
+        warnings.warn(
+            f"slimkit: {len(skipped)} layer(s) stay fp32 under {config.mode} quantization: "
+            + "; ".join(skipped),
+            stacklevel=3,
+        )
+    return layers
+
+
+def prepare(model: nn.Module, config: QuantizationConfig, layers: list) -> None:
+    """Attach weight fake-quant and activation quantizers to ``layers`` (in place)."""
+    qat = isinstance(config, QATConfig)
+    names = [m for m, _ in layers]
+    for name in names:
+        t = raw_tensor(get_module(model, name), "weight")
+        if not torch.is_floating_point(t):
+            raise ValueError(f"{name}.weight is {t.dtype}; quantization needs a float weight")
+
+    info = None
+    if config.mode == "static":
+        info = analyze(model, set(names))
+        if config.fold_bn and info.bn_after:
+            for conv, bn in info.bn_after.items():
+                fold_batchnorm(model, conv, bn)
+            info = analyze(model, set(names))
+
+    group = group_id(model, "quant")
+    freeze = getattr(config, "freeze_observers_step", None)
+    for sites in expand_tied(model, layers):
+        mname, tname = sites[0]
+        module = get_module(model, mname)
+        cfg = config.for_layer(mname, module)
+        w = raw_tensor(module, tname)
+        group_size = cfg.group_size if w.dim() == 2 else None
+        if group_size is not None and w.shape[1] % group_size:
+            raise ValueError(
+                f"{mname}.{tname} has {w.shape[1]} inputs, not a multiple of group_size="
+                f"{group_size} (QuantizationConfig.group_size); pick a divisor or override "
+                f"this layer with overrides={{{mname!r}: {{'group_size': None}}}}"
+            )
+        p = WeightFakeQuant(cfg.weight_bits, cfg.per_channel, group_size, cfg.narrow_range,
+                            freeze_step=freeze, group=group)
+        register(model, sites, p)
+
+    for mname in names:
+        module = get_module(model, mname)
+        cfg = config.for_layer(mname, module)
+        if isinstance(module, nn.Embedding):
+            continue
+        if config.mode == "dynamic":
+            attach(module, DynamicQuantizer(), None)
+        elif config.mode == "static":
+            shared = info.input_from.get(mname)
+            in_q = None if shared else ActivationQuantizer(cfg, qat=qat)
+            relu = config.fuse_relu and mname in info.fused_relu
+            attach(module, in_q, ActivationQuantizer(cfg, qat=qat, relu_first=relu))
+            # The producer's quantized output reaches this layer on its grid already; export
+            # re-quantizes it with the producer's parameters so ORT sees Q/DQ on the input.
+            object.__setattr__(module, "_sk_input_from", shared)
+    if config.mode == "static":
+        for owner in sorted(info.block_outputs):
+            attach(get_module(model, owner), None, ActivationQuantizer(config, qat=qat))
