@@ -15,52 +15,19 @@ import argparse
 import copy
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
 import slimkit as sk
+
+# Shared with the pruning overhead benchmark (run as a script, benchmarks/ is on sys.path).
+from pruning_overhead import mlp, stepper, time_steps  # noqa: E402
 from slimkit.clustering import ClusteringConfig, cluster
 from slimkit.core.io import atomic_path
 from slimkit.examples import DigitsCNN
-
-
-def mlp() -> nn.Module:
-    layers = []
-    for _ in range(4):
-        layers += [nn.Linear(1024, 1024), nn.ReLU()]
-    return nn.Sequential(*layers, nn.Linear(1024, 10))
-
-
-def make_step(model, x, y, optimizer, scheduler=None):
-    if optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
-
-    return step
-
-
-def timed(step, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        step()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def measure(name, make, x, y, per_channel, optimizer, rounds, steps) -> dict:
@@ -70,14 +37,15 @@ def measure(name, make, x, y, per_channel, optimizer, rounds, steps) -> dict:
     # Per channel, the digits CNN's conv1 (9 weights per channel) cannot hold 16 values.
     ignore = ["conv1"] if per_channel and isinstance(plain, DigitsCNN) else None
     cluster(clustered, ClusteringConfig(16, per_channel=per_channel), ignore=ignore)
-    variants = {"plain": make_step(plain, x, y, optimizer),
-                "clustered": make_step(clustered, x, y, optimizer, sk.Scheduler(clustered))}
+    variants = {"plain": stepper(plain, x, y, optimizer=optimizer),
+                "clustered": stepper(clustered, x, y, sk.Scheduler(clustered),
+                                     optimizer=optimizer)}
     for step in variants.values():
-        timed(step, 10)  # warm-up
+        time_steps(step, 10)  # warm-up
     times = {k: [] for k in variants}
     for _ in range(rounds):
         for k, step in variants.items():
-            times[k] += timed(step, steps)
+            times[k] += time_steps(step, steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"model": name, "per_channel": per_channel, "optimizer": optimizer,
             "plain_ms": 1e3 * med["plain"], "clustered_ms": 1e3 * med["clustered"],
