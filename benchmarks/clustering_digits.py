@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -35,8 +34,8 @@ from rich.console import Console
 from rich.table import Table
 
 import slimkit as sk
+from common import summary, write_results  # noqa: E402  (benchmarks/ is on sys.path)
 from slimkit.clustering import ClusteringConfig, cluster
-from slimkit.core.io import atomic_path
 from slimkit.examples import (
     DigitsCNN,
     accuracy_eval,
@@ -129,10 +128,6 @@ def run_seed(seed: int, data, folder: Path, clusters: int, latency_runs: int) ->
     }
 
 
-def summary(values):
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -161,13 +156,10 @@ def main() -> None:
     table.add_row("pruned_clustered_kernel_unique (seed 0)",
                   str(runs[0]["pruned_clustered_kernel_unique"]))
     Console().print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps({"task": "digits", "technique": "weight-clustering",
+    write_results(args.out, {"task": "digits", "technique": "weight-clustering",
                                    "clusters": args.clusters, "threads": args.threads,
                                    "torch": torch.__version__, "runs": runs,
-                                   "summary": stats}, indent=2))
+                                   "summary": stats})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 import slimkit as sk
-from slimkit.core.io import atomic_path
+from common import summary, write_results  # noqa: E402  (benchmarks/ is on sys.path)
 from slimkit.examples import (
     DigitsCNN,
     accuracy_eval,
@@ -71,10 +70,6 @@ def run_seed(seed: int, data, folder: Path, sparsity: float) -> dict:
     }
 
 
-def summary(values):
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -97,12 +92,9 @@ def main() -> None:
     for k, s in stats.items():
         table.add_row(k, f"{s['mean']:.4f} [{s['min']:.4f}-{s['max']:.4f}]")
     Console().print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps({"task": "digits", "technique": "magnitude-pruning",
+    write_results(args.out, {"task": "digits", "technique": "magnitude-pruning",
                                    "sparsity": args.sparsity, "torch": torch.__version__,
-                                   "runs": runs, "summary": stats}, indent=2))
+                                   "runs": runs, "summary": stats})
 
 
 if __name__ == "__main__":

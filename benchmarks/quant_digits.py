@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -30,8 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 import slimkit as sk
+from common import summary, write_results  # noqa: E402  (benchmarks/ is on sys.path)
 from quant_vs_ort import latencies  # a sibling script: benchmarks/ is on sys.path
-from slimkit.core.io import atomic_path
 from slimkit.examples import (
     DigitsCNN,
     load_digits_data,
@@ -110,10 +109,6 @@ def run_seed(seed: int, data, folder: Path) -> dict:
     return out
 
 
-def summary(values):
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -136,12 +131,9 @@ def main() -> None:
             fmt = ".0f" if k.endswith("bytes") else ".4f"
             table.add_row(name, k, f"{s['mean']:{fmt}} [{s['min']:{fmt}}-{s['max']:{fmt}}]")
     Console().print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps({"task": "digits", "technique": "quantization",
+    write_results(args.out, {"task": "digits", "technique": "quantization",
                                    "torch": torch.__version__, "numpy": np.__version__,
-                                   "runs": runs, "summary": stats}, indent=2))
+                                   "runs": runs, "summary": stats})
 
 
 if __name__ == "__main__":
