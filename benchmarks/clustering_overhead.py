@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ from rich.table import Table
 import slimkit as sk
 
 # Shared with the pruning overhead benchmark (run as a script, benchmarks/ is on sys.path).
-from pruning_overhead import mlp, stepper, time_steps  # noqa: E402
+from pruning_overhead import interleaved_medians, overhead_cases, stepper  # noqa: E402
 from slimkit.clustering import ClusteringConfig, cluster
 from slimkit.core.io import atomic_path
 from slimkit.examples import DigitsCNN
@@ -40,13 +39,7 @@ def measure(name, make, x, y, per_channel, optimizer, rounds, steps) -> dict:
     variants = {"plain": stepper(plain, x, y, optimizer=optimizer),
                 "clustered": stepper(clustered, x, y, sk.Scheduler(clustered),
                                      optimizer=optimizer)}
-    for step in variants.values():
-        time_steps(step, 10)  # warm-up
-    times = {k: [] for k in variants}
-    for _ in range(rounds):
-        for k, step in variants.items():
-            times[k] += time_steps(step, steps)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(variants, rounds, steps)
     return {"model": name, "per_channel": per_channel, "optimizer": optimizer,
             "plain_ms": 1e3 * med["plain"], "clustered_ms": 1e3 * med["clustered"],
             "ratio": med["clustered"] / med["plain"], "steps_each": rounds * steps}
@@ -60,15 +53,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/clustering_overhead.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(0)
-    cases = [
-        ("digits CNN, batch 32", DigitsCNN, torch.rand(32, 1, 8, 8, generator=g),
-         torch.randint(0, 10, (32,), generator=g)),
-        ("MLP 4x1024, batch 64", mlp, torch.randn(64, 1024, generator=g),
-         torch.randint(0, 10, (64,), generator=g)),
-    ]
     rows = [measure(name, make, x, y, pc, opt, args.rounds, args.steps)
-            for name, make, x, y in cases for pc in (False, True) for opt in ("adam", "sgd")]
+            for name, make, x, y in overhead_cases() for pc in (False, True)
+            for opt in ("adam", "sgd")]
     table = Table(title=f"training step time, clustered (16) vs plain, medians, "
                         f"{args.threads} threads")
     for c in ("model", "codebook", "optimizer", "plain ms", "clustered ms", "ratio", "steps"):

@@ -67,6 +67,29 @@ def time_steps(step, n: int) -> list[float]:
     return out
 
 
+def interleaved_medians(variants: dict, rounds: int, steps: int) -> dict[str, float]:
+    """Median seconds per step of each variant, timed in alternating blocks after a warm-up,
+    so that changes in the machine's load hit every variant alike."""
+    for step in variants.values():
+        time_steps(step, 10)
+    times = {k: [] for k in variants}
+    for _ in range(rounds):
+        for k, step in variants.items():
+            times[k] += time_steps(step, steps)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def overhead_cases() -> list[tuple]:
+    """(name, model factory, inputs, labels) of the two standard overhead models."""
+    g = torch.Generator().manual_seed(0)
+    return [
+        ("digits CNN, batch 32", DigitsCNN, torch.rand(32, 1, 8, 8, generator=g),
+         torch.randint(0, 10, (32,), generator=g)),
+        ("MLP 4x1024, batch 64", mlp, torch.randn(64, 1024, generator=g),
+         torch.randint(0, 10, (64,), generator=g)),
+    ]
+
+
 def measure(name, make, x, y, rounds, steps, optimizer):
     torch.manual_seed(0)
     dense = make()
@@ -75,13 +98,7 @@ def measure(name, make, x, y, rounds, steps, optimizer):
         sk.ConstantSparsity(0.8, begin_step=0, frequency=10**9)))
     variants = {"dense": stepper(dense, x, y, optimizer=optimizer),
                 "pruned": stepper(pruned, x, y, sk.Scheduler(pruned), optimizer=optimizer)}
-    for step in variants.values():  # warm-up
-        time_steps(step, 10)
-    times = {k: [] for k in variants}
-    for _ in range(rounds):
-        for k, step in variants.items():
-            times[k] += time_steps(step, steps)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(variants, rounds, steps)
     return {"model": name, "optimizer": optimizer, "dense_ms": 1e3 * med["dense"], "pruned_ms": 1e3 * med["pruned"],
             "ratio": med["pruned"] / med["dense"], "steps_each": rounds * steps}
 
@@ -93,15 +110,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/pruning_overhead.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    g = torch.Generator().manual_seed(0)
-    cases = [
-        ("digits CNN, batch 32", DigitsCNN, torch.rand(32, 1, 8, 8, generator=g),
-         torch.randint(0, 10, (32,), generator=g)),
-        ("MLP 4x1024, batch 64", mlp, torch.randn(64, 1024, generator=g),
-         torch.randint(0, 10, (64,), generator=g)),
-    ]
     rows = [measure(name, make, x, y, args.rounds, args.steps, opt)
-            for name, make, x, y in cases for opt in ("adam", "sgd")]
+            for name, make, x, y in overhead_cases() for opt in ("adam", "sgd")]
     table = Table(title="training step time, pruning attached vs not (medians)")
     for c in ("model", "optimizer", "dense ms", "pruned ms", "pruned / dense", "steps each"):
         table.add_column(c, justify="left" if c in ("model", "optimizer") else "right")

@@ -465,11 +465,16 @@ def _module(model: nn.Module, name: str) -> nn.Module:
                          "model class") from None
 
 
+def _no_weight_layers(model, config, targets, ignore) -> list:
+    # Channel pruning reshapes modules instead of parametrizing weights: no layer list.
+    return []
+
+
 register_technique(
     "pruned-architecture",
     PrunedArchitecture,
     _reshape,
-    select=lambda model, config, targets, ignore: [],
+    select=_no_weight_layers,
     family="pruning",
     description="The shapes left by channel pruning; rebuilt on a fresh model by sk.load.",
     structural=True,
@@ -478,7 +483,7 @@ register_technique(
     "channel-pruning",
     ChannelPruningConfig,
     _reshape,
-    select=lambda model, config, targets, ignore: [],
+    select=_no_weight_layers,
     family="pruning",
     description="Remove channels / neurons with Torch-Pruning (sk.prune_channels).",
 )
