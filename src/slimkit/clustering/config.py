@@ -22,7 +22,7 @@ def _int(x) -> bool:
 class ClusteringConfig(Config):
     """Replace every weight of a layer by the nearest of ``clusters`` shared values (centroids).
 
-    Fields:
+    Attributes:
         clusters: values per layer (per output channel with ``per_channel``), >= 2. 16 keeps
             accuracy on most convolutional and dense layers; 256 fits a uint8 index exactly.
         init: how k-means picks its starting centroids: ``"kmeans++"`` (D^2 sampling, the

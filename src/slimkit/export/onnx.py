@@ -134,13 +134,15 @@ def export_onnx(
     """Strip a copy of ``model``, export it to ``path`` and check it in ONNX Runtime.
 
     Args:
-        example_inputs: a tensor or tuple of tensors; their first dimension is the batch.
+        example_inputs (torch.Tensor | tuple[torch.Tensor, ...]): a tensor or tuple of
+            tensors; their first dimension is the batch.
         dynamo: use the ``torch.export``-based exporter (default); ``False`` uses the
             TorchScript one, which is faster to run and handles some older models.
         dynamic_batch: make dim 0 of every input and output a symbolic ``batch`` axis.
-        atol, rtol: ONNX Runtime outputs must satisfy ``|ort - torch| <= atol + rtol*|torch|``
-            (default 1e-4 and 1e-3; techniques whose deployed arithmetic differs from float,
-            such as int8, widen the default).
+        atol: ONNX Runtime outputs must satisfy ``|ort - torch| <= atol + rtol*|torch|``
+            (default 1e-4; techniques whose deployed arithmetic differs from float, such as
+            int8, widen the default).
+        rtol: the relative part of that tolerance (default 1e-3, widened the same way).
         compact: ask techniques for their compact storage form where they have one.
 
     Raises:

@@ -39,7 +39,7 @@ def _fraction_ok(v) -> bool:
 class ChannelPruningConfig(Config):
     """What :func:`prune_channels` removes.
 
-    Fields:
+    Attributes:
         ratio: the share of each prunable group's channels to remove, in [0, 1).
         importance: how channels are ranked: ``"l1"`` / ``"l2"`` (norm of every weight
             coupled to the channel), ``"bn_scale"`` (|gamma| of the BatchNorms) or ``"taylor"``

@@ -19,7 +19,7 @@ from slimkit.pruning.schedules import ConstantSparsity, PruningSchedule
 class MagnitudePruningConfig(Config):
     """Zero the smallest-magnitude weights (or blocks of weights) on a schedule.
 
-    Fields:
+    Attributes:
         schedule: a :class:`PruningSchedule`, or a float ``s`` meaning ``ConstantSparsity(s)``
             (pruned to ``s`` as soon as the model is prepared).
         scope: ``"layer"`` gives every layer the scheduled sparsity; ``"global"`` ranks all

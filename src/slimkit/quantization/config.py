@@ -36,7 +36,7 @@ def _is_int(v) -> bool:
 class QuantizationConfig(Config):
     """Post-training quantization: what to quantize and how.
 
-    Fields:
+    Attributes:
         mode: ``"static"`` (int8 weights and activations, activation ranges from calibration
             data: the fastest for conv nets), ``"dynamic"`` (int8 weights, activation ranges
             measured at run time: Linear-heavy and transformer models) or ``"weight_only"``
@@ -143,7 +143,7 @@ class QATConfig(QuantizationConfig):
 
     All :class:`QuantizationConfig` fields apply (default static int8, U8S8), plus:
 
-    Fields:
+    Attributes:
         freeze_observers_step: after this many ``sk.Scheduler`` steps the activation ranges
             stop moving (``None``: they follow the data until the end). Freezing for the last
             part of training lets the weights adapt to fixed scales.
