@@ -1,0 +1,133 @@
+"""``SlimkitCallback``: slimkit's scheduler and statistics inside a Lightning ``Trainer``.
+
+Prepare the model (``sk.prune``, ``sk.cluster``, ``sk.quantize(..., sk.QATConfig())``) before
+the trainer starts, keep it as an attribute of the LightningModule (or make the module the
+model), and add the callback. It steps the schedules once per optimizer step — with
+``accumulate_grad_batches=k`` once every ``k`` batches, as ``trainer.global_step`` counts —
+and logs :func:`slimkit.integrations.training_stats` through the trainer's loggers.
+Under DDP it reduces the QAT observer ranges over all ranks before each step.
+
+The step counts, masks, centroids and observer ranges are buffers of the model, so they are
+in the LightningModule's ``state_dict`` and Lightning's checkpoints: ``trainer.fit(module,
+ckpt_path=...)`` on a module prepared the same way resumes every schedule where it stopped.
+
+Example:
+    >>> class Net(L.LightningModule):
+    ...     def __init__(self):
+    ...         super().__init__(); self.model = sk.prune(DigitsCNN(), cfg)
+    >>> trainer = L.Trainer(max_epochs=10, callbacks=[SlimkitCallback()])
+    >>> trainer.fit(Net(), loader)
+"""
+
+from __future__ import annotations
+
+try:
+    import lightning.pytorch as pl
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "slimkit.integrations.lightning needs Lightning: pip install 'slimkit[lightning]'"
+    ) from e
+
+import torch.nn as nn
+
+from slimkit.integrations.distributed import DistributedScheduler
+from slimkit.integrations.stats import training_stats
+
+
+def find_prepared(pl_module: nn.Module, model_attr: str | None, owner: str) -> nn.Module:
+    """The module to schedule: ``pl_module.<model_attr>`` (dotted) or ``pl_module`` itself."""
+    if model_attr is None:
+        return pl_module
+    target = pl_module
+    for part in model_attr.split("."):
+        if not hasattr(target, part):
+            children = ", ".join(n for n, _ in pl_module.named_children()) or "none"
+            raise ValueError(
+                f"{type(pl_module).__name__} has no attribute {model_attr!r} "
+                f"({owner}.model_attr); its submodules: {children}"
+            )
+        target = getattr(target, part)
+    if not isinstance(target, nn.Module):
+        raise ValueError(
+            f"{type(pl_module).__name__}.{model_attr} is a {type(target).__name__}, not an "
+            f"nn.Module ({owner}.model_attr)"
+        )
+    return target
+
+
+def make_scheduler(target: nn.Module, owner: str) -> DistributedScheduler:
+    try:
+        return DistributedScheduler(target)
+    except ValueError:
+        raise ValueError(
+            f"{owner} found no slimkit technique to step in {type(target).__name__}: prepare the "
+            "model (sk.prune / sk.cluster / sk.quantize(..., sk.QATConfig())) before training"
+        ) from None
+
+
+class SlimkitCallback(pl.Callback):
+    """Steps slimkit's schedules after each optimizer step and logs their statistics.
+
+    Args:
+        model_attr: the attribute of the LightningModule holding the prepared model
+            (dotted for nested ones); ``None``: the LightningModule itself, searched whole.
+        log_every_n_steps: log :func:`training_stats` every this many optimizer steps
+            (``None``: the trainer's ``log_every_n_steps``; 0: never).
+        per_layer: also log each layer's sparsity / clusters / observer range.
+
+    The statistics are also logged (without the loggers) at the end of every training
+    epoch, so ``ModelCheckpoint(monitor="slimkit/sparsity")`` and the progress bar see them.
+
+    Example:
+        >>> trainer = L.Trainer(callbacks=[SlimkitCallback("model", per_layer=True)])
+    """
+
+    def __init__(self, model_attr: str | None = None, log_every_n_steps: int | None = None,
+                 per_layer: bool = False):
+        if model_attr is not None and not (isinstance(model_attr, str) and model_attr):
+            raise ValueError(
+                f"model_attr must be None or an attribute name, got {model_attr!r} "
+                "(SlimkitCallback.model_attr)"
+            )
+        if log_every_n_steps is not None and not (
+            isinstance(log_every_n_steps, int) and log_every_n_steps >= 0
+        ):
+            raise ValueError(
+                f"log_every_n_steps must be None or an integer >= 0, got {log_every_n_steps!r} "
+                "(SlimkitCallback.log_every_n_steps)"
+            )
+        self.model_attr = model_attr
+        self.log_every_n_steps = log_every_n_steps
+        self.per_layer = per_layer
+        self.scheduler: DistributedScheduler | None = None
+        self._seen = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        target = find_prepared(pl_module, self.model_attr, "SlimkitCallback")
+        self.scheduler = make_scheduler(target, "SlimkitCallback")
+        # Checkpoints are restored before this hook: count optimizer steps from here, so a
+        # resumed run (its step buffers restored too) steps on from where it stopped.
+        self._seen = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs,
+                           batch, batch_idx: int) -> None:
+        # global_step counts real optimizer steps: it does not move on the batches that
+        # only accumulate gradients.
+        stepped = trainer.global_step - self._seen
+        if stepped <= 0:
+            return
+        for _ in range(stepped):
+            self.scheduler.step()
+        self._seen = trainer.global_step
+        every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
+        if every and trainer.loggers and trainer.global_step % every == 0:
+            stats = training_stats(self.scheduler.model, per_layer=self.per_layer)
+            for logger in trainer.loggers:
+                logger.log_metrics(stats, step=trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.scheduler is None:
+            return
+        stats = training_stats(self.scheduler.model, per_layer=self.per_layer)
+        # logger=False: the loggers got these at the step cadence already.
+        pl_module.log_dict(stats, on_step=False, on_epoch=True, logger=False, sync_dist=False)
