@@ -28,41 +28,9 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "slimkit.integrations.lightning needs Lightning: pip install 'slimkit[lightning]'"
     ) from e
 
-import torch.nn as nn
-
 from slimkit.integrations.distributed import DistributedScheduler
 from slimkit.integrations.stats import training_stats
-
-
-def find_prepared(pl_module: nn.Module, model_attr: str | None, owner: str) -> nn.Module:
-    """The module to schedule: ``pl_module.<model_attr>`` (dotted) or ``pl_module`` itself."""
-    if model_attr is None:
-        return pl_module
-    target = pl_module
-    for part in model_attr.split("."):
-        if not hasattr(target, part):
-            children = ", ".join(n for n, _ in pl_module.named_children()) or "none"
-            raise ValueError(
-                f"{type(pl_module).__name__} has no attribute {model_attr!r} "
-                f"({owner}.model_attr); its submodules: {children}"
-            )
-        target = getattr(target, part)
-    if not isinstance(target, nn.Module):
-        raise ValueError(
-            f"{type(pl_module).__name__}.{model_attr} is a {type(target).__name__}, not an "
-            f"nn.Module ({owner}.model_attr)"
-        )
-    return target
-
-
-def make_scheduler(target: nn.Module, owner: str) -> DistributedScheduler:
-    try:
-        return DistributedScheduler(target)
-    except ValueError:
-        raise ValueError(
-            f"{owner} found no slimkit technique to step in {type(target).__name__}: prepare the "
-            "model (sk.prune / sk.cluster / sk.quantize(..., sk.QATConfig())) before training"
-        ) from None
+from slimkit.integrations.target import find_prepared, make_scheduler
 
 
 class SlimkitCallback(pl.Callback):
