@@ -25,6 +25,7 @@ from slimkit.examples import DigitsCNN, load_digits_data, set_seed
 from slimkit.integrations.distributed import (
     DistributedScheduler,
     sync_observers,
+    sync_slimkit_state,
     unsynced_tensors,
     unused_parameters,
 )
@@ -105,6 +106,19 @@ def calibration_check(x_shard, x_all) -> dict:
     }
 
 
+def broadcast_check(rank: int, x) -> dict:
+    """Ranks prepared apart (different weights, masks, ranges), then sync_slimkit_state."""
+    set_seed(rank)
+    model = sk.prune(DigitsCNN(), sk.MagnitudePruningConfig(0.5))
+    sk.quantize(model, sk.QATConfig())
+    model.train()
+    model(x[:BATCH])  # the observers take their first range from this rank's batch
+    before = unsynced_tensors(model)
+    sync_slimkit_state(model)
+    return {"before": before, "after": unsynced_tensors(model),
+            "everything_after": unsynced_tensors(model, everything=True)}
+
+
 def main() -> None:
     out = sys.argv[1]
     # DDP notes that a (1, 3, 3) kernel's gradient has another (equivalent) stride layout.
@@ -126,6 +140,7 @@ def main() -> None:
         "cluster_refresh": train("cluster_refresh", DistributedScheduler, x, y, freeze=6),
         "cluster_static_graph": train("cluster", DistributedScheduler, x, y, static_graph=True),
         "calibration": calibration_check(x[:50], data.x_train[:100]),
+        "broadcast": broadcast_check(rank, x),
     }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f, indent=1)

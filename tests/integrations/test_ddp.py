@@ -99,6 +99,17 @@ def test_calibration_shards_reduce_to_the_whole_calibration_set(ranks):
         assert c["mismatched"] == []
 
 
+def test_sync_slimkit_state_makes_separately_prepared_ranks_agree(ranks):
+    for rank in ranks:
+        b = rank["broadcast"]
+        # Different seeds: every mask and observer range differed before the sync.
+        assert {n.rsplit(".", 1)[-1] for n in b["before"]} >= {"mask", "lo", "hi"}
+        assert b["after"] == []
+        # Only slimkit's state is synchronised, not the weights (DDP's job).
+        assert b["everything_after"] and all(
+            n.endswith(("original", "bias")) for n in b["everything_after"])
+
+
 def test_helpers_are_no_ops_outside_a_process_group():
     model = sk.prune(DigitsCNN(), sk.MagnitudePruningConfig(0.5))
     sk.quantize(model, sk.QATConfig())
