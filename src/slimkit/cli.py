@@ -8,6 +8,7 @@ Example:
     $ slimkit techniques
     $ slimkit report model.onnx --batch-size 32 --json report.json
     $ slimkit check-sparsity model.onnx --pattern 2:4
+    $ slimkit run --example pcqat --out runs/pcqat      # or: slimkit run my-recipe.yaml
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def main() -> None:
 @click.option("--epochs", default=20, show_default=True, help="Baseline training epochs.")
 @click.option("--finetune-epochs", default=10, show_default=True, help="Pruning fine-tune epochs.")
 @click.option("--sparsity", default=0.8, show_default=True, help="Final sparsity, in [0, 1).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of init and data order.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Keep the ONNX files and demo.json in this folder.")
 def demo(epochs, finetune_epochs, sparsity, seed, out) -> None:
@@ -109,6 +110,32 @@ def check_sparsity(path, pattern) -> None:
         console.print(f"{len(bad)} of {len(result.checked)} weight(s) violate {result.pattern}")
         sys.exit(1)
     console.print(f"all {len(result.checked)} checked weight(s) satisfy {result.pattern}")
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("--example", default=None,
+              help="Run a shipped example recipe instead of a file: prune-80, cluster-16, "
+                   "qat-int8 or pcqat.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder: checkpoints, stages/, model.onnx, report.json, report.md, "
+                   "plots. A folder holding checkpoints of the same run resumes from the last "
+                   "one.  [default: runs/<recipe name>]")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Short run: at most N optimizer steps per training phase; config values "
+                   "written in epochs shrink to fit (for tests and trials).")
+@click.option("--check", is_flag=True, help="Validate the recipe and print its plan; run nothing.")
+def run(recipe, example, out, max_steps, check) -> None:
+    """Run a YAML recipe: its stages of techniques in order, a checkpoint after each, then the
+    ONNX artifact, report.json, report.md and plots (see docs/recipes.md). Exit 0: done;
+    1: the run failed; 2: bad recipe or options (every problem of a recipe is listed)."""
+    from slimkit.recipes import RecipeError
+    from slimkit.recipes.command import run_command
+
+    try:
+        run_command(recipe, example, out, max_steps, check)
+    except RecipeError as e:
+        raise _BadInput(str(e)) from e
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,68 @@
+"""YAML recipes: a model, its data and stages of techniques, run by ``slimkit run``.
+
+See ``docs/recipes.md`` for the format. The example recipes (the digits settings of
+../shared/BENCHMARKS.md) ship in this package: :func:`example_path` finds them.
+
+Example:
+    >>> from slimkit.recipes import example_path, load_recipe, run_recipe
+    >>> recipe = load_recipe(example_path("pcqat"))
+    >>> result = run_recipe(recipe, "runs/pcqat", max_steps=20)   # a short run
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from slimkit.recipes.factories import resolve_factory
+from slimkit.recipes.recipe import (
+    DataSpec,
+    ExportSpec,
+    ModelSpec,
+    Recipe,
+    RecipeError,
+    RecipeStage,
+    ReportSpec,
+    TrainSpec,
+    load_recipe,
+    parse_recipe,
+)
+
+
+def examples() -> list[str]:
+    """Names of the example recipes shipped with slimkit."""
+    folder = resources.files("slimkit.recipes") / "examples"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def example_path(name: str) -> Path:
+    """The path of the shipped example recipe ``name`` (e.g. ``"pcqat"``)."""
+    if name not in examples():
+        raise ValueError(f"unknown example recipe {name!r}; shipped: {', '.join(examples())}")
+    return Path(str(resources.files("slimkit.recipes") / "examples" / f"{name}.yaml"))
+
+
+def run_recipe(recipe, out_dir, **kwargs):
+    """Run a recipe (see :func:`slimkit.recipes.runner.run_recipe`)."""
+    # Imported here: the runner pulls in torch training code that validation does not need.
+    from slimkit.recipes.runner import run_recipe as run
+
+    return run(recipe, out_dir, **kwargs)
+
+
+__all__ = [
+    "DataSpec",
+    "ExportSpec",
+    "ModelSpec",
+    "Recipe",
+    "RecipeError",
+    "RecipeStage",
+    "ReportSpec",
+    "TrainSpec",
+    "example_path",
+    "examples",
+    "load_recipe",
+    "parse_recipe",
+    "resolve_factory",
+    "run_recipe",
+]
