@@ -197,15 +197,25 @@ def loss(outputs, targets):
 '''
 
 
-def test_user_factory_recipe(tmp_path, monkeypatch):
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """A module of the user's factories, importable as h2_user_task (a fresh import per test)."""
     (tmp_path / "h2_user_task.py").write_text(textwrap.dedent(USER_MODULE))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "h2_user_task", raising=False)
+    yield
+    sys.modules.pop("h2_user_task", None)
+
+
+USER_DATA = {"train_loader": "h2_user_task:train_loader", "eval": "h2_user_task:evaluate",
+             "example_inputs": "h2_user_task:example_inputs", "loss": "h2_user_task:loss"}
+
+
+def test_user_factory_recipe(tmp_path, user_module):
     recipe = {
         "name": "user-prune",
         "model": {"factory": "h2_user_task:make_model"},
-        "data": {"train_loader": "h2_user_task:train_loader", "eval": "h2_user_task:evaluate",
-                 "example_inputs": "h2_user_task:example_inputs", "loss": "h2_user_task:loss"},
+        "data": USER_DATA,
         "baseline": {"steps": 60, "lr": "1e-2"},
         "evaluate": "stripped",
         "report": {"latency_runs": 5},
@@ -234,3 +244,27 @@ def test_user_factory_recipe(tmp_path, monkeypatch):
     # 1e-6: the eval function averages in float32; one sample of 96 is 0.0104.
     assert abs(report["final"]["metrics"]["accuracy"] - acc) < 1e-6
     assert not list(out.glob("stages/*.onnx"))  # stripped evaluation exports only the artifact
+
+
+def test_a_stage_the_model_refuses_is_a_recipe_error_at_its_location(tmp_path, user_module):
+    import h2_user_task
+
+    torch.manual_seed(1)
+    start = h2_user_task.make_model().state_dict()
+    torch.save(start, tmp_path / "start.pt")
+    recipe = {"model": {"factory": "h2_user_task:make_model",
+                        "checkpoint": str(tmp_path / "start.pt")},
+              "data": USER_DATA, "evaluate": "stripped",
+              "stages": [{"technique": "magnitude-pruning", "steps": 2,
+                          "targets": ["nothing*"]}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "stages[0]: targets entry 'nothing*' matches no module" in text
+    # The baseline phase ran from the checkpoint (no training) and was saved; no artifact.
+    saved = torch.load(out / "checkpoints" / "00-baseline.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], start[k]) for k in start)
+    assert not (out / "model.onnx").exists()
