@@ -49,16 +49,19 @@ class ActivationQuantizer(nn.Module):
     PTQ: observes while ``calibrating`` (float passes through), then quantizes with the
     frozen range. QAT (``qat=True``): in training mode it observes and quantizes at once,
     until ``frozen`` (set by the scheduler at ``freeze_observers_step``).
-    ``relu_first`` applies the ReLU that follows the layer before quantizing, as ORT fuses it.
+    ``relu_first`` applies the ReLU that follows the layer before quantizing, as ORT fuses it;
+    with ``relu_cap`` it is a capped ReLU (ReLU6: ``relu_cap=6.0``), exported as Clip, which
+    ORT drops in front of QuantizeLinear because the quantized range lies inside it.
     """
 
-    def __init__(self, cfg: QuantizationConfig, qat: bool = False, relu_first: bool = False):
+    def __init__(self, cfg: QuantizationConfig, qat: bool = False, relu_first: bool = False,
+                 relu_cap: float | None = None):
         super().__init__()
         self.dtype = cfg.activation_dtype
         self.symmetric = cfg.activation_scheme == "symmetric"
         self.observer_name, self.percentile = cfg.observer, cfg.percentile
         self.averaging_constant = cfg.averaging_constant
-        self.qat, self.relu_first = qat, relu_first
+        self.qat, self.relu_first, self.relu_cap = qat, relu_first, relu_cap
         self.calibrating = False
         self.export = None  # (scale, zero point) as Python numbers once in export mode
         self.observer = None
@@ -131,7 +134,7 @@ class ActivationQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.relu_first:
-            x = F.relu(x)
+            x = F.relu(x) if self.relu_cap is None else torch.clamp(x, 0.0, self.relu_cap)
         if self.export is not None:
             return export_fake_quant(x, *self.export, self.dtype)
         if self.calibrating:
@@ -149,7 +152,9 @@ class ActivationQuantizer(nn.Module):
         if not bool(self.calibrated):
             return f"{self.dtype}, {self.observer_name}, not calibrated"
         scale, zp = self.qparams()
-        return f"{self.dtype}, scale={scale:.4g}, zero_point={zp}, relu_first={self.relu_first}"
+        fused = f", relu_cap={self.relu_cap}" if self.relu_cap is not None else ""
+        return (f"{self.dtype}, scale={scale:.4g}, zero_point={zp}, "
+                f"relu_first={self.relu_first}{fused}")
 
 
 class DynamicQuantizer(nn.Module):

@@ -1,4 +1,5 @@
-"""What the model's dataflow says about quantization: BN to fold, ReLUs to fuse, shared inputs.
+"""What the model's dataflow says about quantization: BN to fold, ReLUs to fuse, shared inputs,
+residual sums and concatenations that can stay int8.
 
 The graph comes from ``torch.fx`` with the quantized layers as leaves. A model fx cannot trace
 (data-dependent control flow, ...) still quantizes correctly, only without these
@@ -7,6 +8,7 @@ refinements: every layer then quantizes its own input and its raw output.
 Example:
     >>> info = analyze(model, {"conv1", "conv2", "fc1", "fc2"})
     >>> info.fused_relu, info.input_from        # ({'conv1', ...}, {'fc1': 'conv2', ...})
+    >>> info.relu_cap, info.block_outputs       # ({'conv3': 6.0}, {'layer1.0', 'mix'})
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from slimkit.core.parametrize import get_module
 class GraphInfo:
     traced: bool = False
     fused_relu: set = field(default_factory=set)
+    # fused layers whose activation is a capped ReLU (ReLU6, Hardtanh(0, cap)): name -> cap
+    relu_cap: dict = field(default_factory=dict)
     # consumer layer -> producer layer whose quantized output reaches it unchanged in grid
     input_from: dict = field(default_factory=dict)
     bn_after: dict = field(default_factory=dict)  # conv name -> BatchNorm name
@@ -75,6 +79,21 @@ def _is_relu(model, node) -> bool:
     return isinstance(_module_of(model, node), nn.ReLU)
 
 
+def _relu_cap(model, node) -> float | None:
+    """The cap of a capped ReLU (``ReLU6``, ``Hardtanh(0, cap)``, ``F.relu6``), else None."""
+    if node.op == "call_function" and node.target is F.relu6:
+        return 6.0
+    m = _module_of(model, node)
+    if isinstance(m, nn.Hardtanh) and m.min_val == 0.0 and m.max_val > 0.0:
+        return float(m.max_val)
+    return None
+
+
+def _is_cat(node) -> bool:
+    return node.op == "call_function" and node.target in (torch.cat, torch.concat,
+                                                          torch.concatenate)
+
+
 def _keeps_grid(model, node) -> bool:
     if node.op == "call_function":
         return node.target in _GRID_FUNCS or getattr(node.target, "__name__", "") in (
@@ -116,9 +135,16 @@ def analyze(model: nn.Module, layers: set[str]) -> GraphInfo:
         return info
     produced = {}  # fx node -> name of the module whose output quantizer covers it
 
+    def capped_again(node) -> bool:
+        # The model's own ReLU6 after a layer whose quantizer already applied it: a no-op on
+        # those values, so the grid survives (a ReLU6 on other tensors may leave it: 6.0).
+        arg = node.args[0] if node.args else None
+        cap = _relu_cap(model, node)
+        return cap is not None and info.relu_cap.get(produced.get(arg)) == cap
+
     def source(node):
-        while isinstance(node, torch.fx.Node) and node not in produced and (
-            _keeps_grid(model, node) and node.args
+        while isinstance(node, torch.fx.Node) and node not in produced and node.args and (
+            _keeps_grid(model, node) or capped_again(node)
         ):
             node = node.args[0]
         return produced.get(node) if isinstance(node, torch.fx.Node) else None
@@ -132,6 +158,15 @@ def analyze(model: nn.Module, layers: set[str]) -> GraphInfo:
             if owner and owner not in layers and all(source(a) for a in node.args):
                 info.block_outputs.add(owner)
                 produced[out] = owner
+            continue
+        if _is_cat(node) and node.args and isinstance(node.args[0], (list, tuple)):
+            # A concatenation of quantized tensors: its owner's output gets a quantizer and
+            # ORT runs it as QLinearConcat (each input requantized to the output's scale).
+            owner = _owner(node)
+            parts = node.args[0]
+            if owner and owner not in layers and parts and all(source(a) for a in parts):
+                info.block_outputs.add(owner)
+                produced[node] = owner
             continue
         if node.op != "call_module" or node.target not in layers:
             continue
@@ -150,6 +185,9 @@ def analyze(model: nn.Module, layers: set[str]) -> GraphInfo:
                     user = next(iter(user.users))
                 if _is_relu(model, user):
                     info.fused_relu.add(node.target)
+                elif _relu_cap(model, user) is not None:
+                    info.fused_relu.add(node.target)
+                    info.relu_cap[node.target] = _relu_cap(model, user)
         src = source(node.args[0]) if node.args else None
         if src is not None and src != node.target:
             info.input_from[node.target] = src

@@ -2,6 +2,8 @@
 
 Which layers each mode quantizes, and why the others stay float:
 - static: Conv1d, Conv2d, Linear (ORT runs them as QLinearConv / QGemm / QLinearMatMul);
+  ConvTranspose weights are stored int8 but the layer runs in float (ORT 1.32 has no int8
+  ConvTranspose kernel on CPU: its own quantizer leaves DequantizeLinear -> ConvTranspose too);
 - dynamic: Linear (ORT runs MatMulInteger with activations quantized at run time);
 - both also store Embedding tables as int8 (weight-only: a lookup has no matmul to speed up);
 - weight_only: Linear, Conv, ConvTranspose, Embedding (any weight read through DequantizeLinear).
@@ -28,15 +30,18 @@ from slimkit.quantization.fake_quant import WeightFakeQuant
 from slimkit.quantization.graph import analyze, fold_batchnorm
 
 _CONV = (nn.Conv1d, nn.Conv2d)
+# Weight-only in every mode: a lookup (no matmul to speed up) and ConvTranspose (no int8
+# kernel in ORT): int8 storage, float arithmetic, no activation quantizers.
+_WEIGHT_ONLY = (nn.Embedding, nn.modules.conv._ConvTransposeNd)
 # Embeddings are lookups: in every mode their table is stored int8 and read through
 # DequantizeLinear (as ORT's own dynamic quantizer does with Gather).
 SUPPORTED = {
-    "static": (nn.Linear, *_CONV, nn.Embedding),
+    "static": (nn.Linear, *_CONV, nn.Embedding, nn.modules.conv._ConvTransposeNd),
     "dynamic": (nn.Linear, nn.Embedding),
     "weight_only": (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding),
 }
 _ACCEPTED = {
-    "static": "Linear, Conv1d, Conv2d (Embedding weight-only)",
+    "static": "Linear, Conv1d, Conv2d (Embedding, ConvTranspose weight-only)",
     "dynamic": "Linear (Embedding weight-only)",
     "weight_only": "Linear, Conv1d/2d/3d, ConvTranspose, Embedding",
 }
@@ -104,13 +109,16 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list) -> None:
         if not torch.is_floating_point(t):
             raise ValueError(f"{name}.weight is {t.dtype}; quantization needs a float weight")
 
+    # Layers that get activation quantizers; the others store int8 weights only.
+    active = [n for n in names
+              if config.mode == "weight_only" or not isinstance(get_module(model, n), _WEIGHT_ONLY)]
     info = None
     if config.mode == "static":
-        info = analyze(model, set(names))
+        info = analyze(model, set(active))
         if config.fold_bn and info.bn_after:
             for conv, bn in info.bn_after.items():
                 fold_batchnorm(model, conv, bn)
-            info = analyze(model, set(names))
+            info = analyze(model, set(active))
 
     group = group_id(model, "quant")
     freeze = getattr(config, "freeze_observers_step", None)
@@ -130,18 +138,17 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list) -> None:
                             freeze_step=freeze, group=group)
         register(model, sites, p)
 
-    for mname in names:
+    for mname in active:
         module = get_module(model, mname)
         cfg = config.for_layer(mname, module)
-        if isinstance(module, nn.Embedding):
-            continue
         if config.mode == "dynamic":
             attach(module, DynamicQuantizer(), None)
         elif config.mode == "static":
             shared = info.input_from.get(mname)
             in_q = None if shared else ActivationQuantizer(cfg, qat=qat)
             relu = config.fuse_relu and mname in info.fused_relu
-            attach(module, in_q, ActivationQuantizer(cfg, qat=qat, relu_first=relu))
+            cap = info.relu_cap.get(mname) if relu else None
+            attach(module, in_q, ActivationQuantizer(cfg, qat=qat, relu_first=relu, relu_cap=cap))
             # The producer's quantized output reaches this layer on its grid already; export
             # re-quantizes it with the producer's parameters so ORT sees Q/DQ on the input.
             object.__setattr__(module, "_sk_input_from", shared)
