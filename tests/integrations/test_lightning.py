@@ -90,8 +90,8 @@ def step_of(module) -> int:
 def test_steps_once_per_optimizer_step_with_accumulation(tmp_path, loader):
     module = DigitsModule()
     logger = MemoryLogger()
-    t = trainer(tmp_path, [SlimkitCallback("model", log_every_n_steps=2)], max_epochs=2,
-                accumulate_grad_batches=2, logger=logger)
+    t = trainer(tmp_path, [SlimkitCallback("model", log_every_n_steps=2, per_layer=True)],
+                max_epochs=2, accumulate_grad_batches=2, logger=logger)
     t.fit(module, loader)
     # 2 epochs x 8 batches / accumulation 2 = 8 optimizer steps.
     assert t.global_step == 8
@@ -106,25 +106,14 @@ def test_steps_once_per_optimizer_step_with_accumulation(tmp_path, loader):
     assert last["slimkit/step"] == 8.0
     assert first["slimkit/observers_frozen"] == 0.0
     assert last["slimkit/observers_frozen"] == last["slimkit/observers"] == 5.0
+    per_layer = {k: v for k, v in last.items() if k.startswith("slimkit/sparsity/")}
+    # Names relative to the scheduled model, pl_module.model.
+    assert set(per_layer) == {f"slimkit/sparsity/{m}.weight" for m in ("conv1", "conv2", "fc1", "fc2")}
+    for v in per_layer.values():
+        assert v == pytest.approx(0.5, abs=1e-3)  # per layer rounding of the kept count
+    assert last["slimkit/range_hi/fc2.sk_output_quant"] > 0
     # The epoch-end values reach callback_metrics (ModelCheckpoint / progress bar).
     assert float(t.callback_metrics["slimkit/sparsity"]) == pytest.approx(0.5, abs=1e-4)
-
-
-def test_per_layer_stats_and_the_whole_module_as_target(tmp_path, loader):
-    module = DigitsModule()
-    logger = MemoryLogger()
-    t = trainer(tmp_path, [SlimkitCallback(per_layer=True, log_every_n_steps=4)], max_steps=4,
-                logger=logger)
-    t.fit(module, loader)
-    (step, stats), = logger.slimkit()
-    assert step == 4 and step_of(module) == 4
-    per_layer = {k: v for k, v in stats.items() if k.startswith("slimkit/sparsity/")}
-    assert set(per_layer) == {f"slimkit/sparsity/model.{m}.weight"
-                              for m in ("conv1", "conv2", "fc1", "fc2")}
-    target = 0.5 * (1 - 0.5 ** 3)  # step 4 of 8
-    for v in per_layer.values():
-        assert v == pytest.approx(target, abs=1e-3)  # per layer rounding of the kept count
-    assert stats["slimkit/range_hi/model.fc2.sk_output_quant"] > 0
 
 
 @pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
@@ -136,7 +125,8 @@ def test_checkpoint_resume_keeps_the_step_count(tmp_path, digits_small):
     x, y = digits_small
     loader = DataLoader(TensorDataset(x[:BATCH * 4], y[:BATCH * 4]), batch_size=BATCH)
     whole = DigitsModule()
-    trainer(tmp_path / "whole", [SlimkitCallback("model")], max_epochs=2).fit(whole, loader)
+    # No model_attr: the whole LightningModule is searched for slimkit parametrizations.
+    trainer(tmp_path / "whole", [SlimkitCallback()], max_epochs=2).fit(whole, loader)
     assert step_of(whole) == 8
 
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)

@@ -9,10 +9,11 @@ What DistributedDataParallel already guarantees, and what it does not:
   those identical weights by deterministic code (stable sorts), so they stay identical as long
   as every rank calls ``step()`` equally often.
 - Activation observers (static PTQ calibration, QAT) update their ranges inside the forward
-  pass, from each rank's own batch: the ranks diverge. With ``broadcast_buffers=True`` DDP
-  overwrites every buffer with rank 0's copy at the start of the next forward, so the other
-  ranks' data never reach the ranges, and after the last step (no forward follows) each rank
-  keeps its own. With ``broadcast_buffers=False`` they drift apart for good.
+  pass, from each rank's own batch: the ranks diverge. With ``forward_sync_buffers=True``
+  (formerly ``broadcast_buffers``, the default) DDP overwrites every buffer with rank 0's copy
+  at the start of the next forward, so the other ranks' data never reach the ranges, and
+  after the last step (no forward follows) each rank keeps its own. With
+  ``forward_sync_buffers=False`` they drift apart for good.
 
 :func:`sync_observers` fixes the observers: an all-reduce takes the minimum of the ``lo``
 buffers and the maximum of the ``hi`` buffers. For the ``minmax`` and ``moving_average``
