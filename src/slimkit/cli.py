@@ -4,7 +4,7 @@ Exit codes: 0 success; 1 the command ran and failed; 2 bad input (usage, missing
 invalid value).
 
 Example:
-    $ slimkit demo
+    $ slimkit demo                # or: slimkit demo --quick (a few seconds)
     $ slimkit techniques
     $ slimkit report model.onnx --batch-size 32 --json report.json
     $ slimkit check-sparsity model.onnx --pattern 2:4
@@ -31,18 +31,23 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--epochs", default=20, show_default=True, help="Baseline training epochs.")
-@click.option("--finetune-epochs", default=10, show_default=True, help="Pruning fine-tune epochs.")
+@click.option("--epochs", type=int, default=None,
+              help="Baseline training epochs.  [default: 20; 5 with --quick]")
+@click.option("--finetune-epochs", type=int, default=None,
+              help="Pruning fine-tune epochs.  [default: 10; 3 with --quick]")
 @click.option("--sparsity", default=0.8, show_default=True, help="Final sparsity, in [0, 1).")
 @click.option("--seed", default=0, show_default=True, help="Seed of init and data order.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Keep the ONNX files and demo.json in this folder.")
-def demo(epochs, finetune_epochs, sparsity, seed, out) -> None:
+@click.option("--quick", is_flag=True,
+              help="Fewer epochs and latency runs: the same path in a few seconds (a smoke test).")
+def demo(epochs, finetune_epochs, sparsity, seed, out, quick) -> None:
     """Train the digits CNN, prune it to 80%, export both to ONNX and compare their reports."""
     from slimkit.demo import run_demo
 
     try:
-        run_demo(out, epochs=epochs, finetune_epochs=finetune_epochs, sparsity=sparsity, seed=seed)
+        run_demo(out, epochs=epochs, finetune_epochs=finetune_epochs, sparsity=sparsity, seed=seed,
+                 quick=quick)
     except ValueError as e:
         raise _BadInput(str(e)) from e
 
