@@ -143,5 +143,48 @@ def run(recipe, example, out, max_steps, check) -> None:
         raise _BadInput(str(e)) from e
 
 
+@main.command("new-technique")
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=".",
+              show_default=True, help="Write the technique under this existing folder.")
+def new_technique(name, directory) -> None:
+    """Write a new technique NAME (e.g. my-noise): package (config, no-op parametrization,
+    registration), its conformance test, docs pages and RFC files. Exit 2: bad NAME, missing
+    folder or an existing file (nothing is written)."""
+    from slimkit.scaffold import new_technique as write
+
+    try:
+        paths = write(name, directory)
+    except (FileNotFoundError, ValueError) as e:
+        raise _BadInput(str(e)) from e
+    console = Console()
+    for path in paths:
+        console.print(f"wrote {path}")
+    package = name.replace("-", "_")
+    console.print(f"next: PYTHONPATH={directory} python -m pytest "
+                  f"{directory}/tests/test_{package}_conformance.py")
+
+
+@main.command()
+@click.option("--entries", "source", default=None,
+              help="A Python file or module:attribute holding a list of ConformanceEntry "
+                   "(default: the built-in techniques).")
+@click.option("--check", "checks", multiple=True,
+              help="Run only this check (repeatable); default: all.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write every result as JSON here.")
+def conformance(source, checks, json_path) -> None:
+    """Run the conformance kit and print a pass table (technique x check). Exit 0: every
+    check passed or failed as declared; 1: some check failed; 2: bad input."""
+    from slimkit.testing.command import run_command
+
+    try:
+        ok = run_command(source, list(checks) or None, json_path)
+    except (FileNotFoundError, ValueError) as e:
+        raise _BadInput(str(e)) from e
+    if not ok:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
