@@ -10,6 +10,7 @@ Usage: torchrun --standalone --nproc_per_node 2 ddp_worker.py OUT_DIR
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -77,6 +78,9 @@ def train(kind: str, scheduler_cls, x, y, freeze: int | None = None, **ddp_kwarg
     mismatched = gathered_mismatches(model)
     return {
         "mismatched": mismatched,
+        # torch.equal is False for NaN: name non-finite tensors so a failure says which it is.
+        "nonfinite": sorted(n for n, t in [*model.named_parameters(), *model.named_buffers()]
+                            if t.is_floating_point() and not bool(torch.isfinite(t).all())),
         "unsynced": unsynced_tensors(model, everything=True),
         "unused": unused_parameters(model),
         "tensors": len(list(model.named_parameters())) + len(list(model.named_buffers())),
@@ -104,6 +108,27 @@ def calibration_check(x_shard, x_all) -> dict:
         "differ_from_whole": [n for n, b in ranges if not torch.equal(b, ref[n])],
         "mismatched": gathered_mismatches(sharded),
     }
+
+
+def ema_check(rank: int, world: int, x_all) -> dict:
+    """One QAT forward per rank on its own data, then sync_observers, equals one forward of a
+    single process on the union (the moving-average update of the first quantizer, which sees
+    the raw inputs)."""
+    # Shard r scaled and shifted, so the ranks' extremes differ.
+    shards = [x_all[r::world][:BATCH] * (1 + r) - 0.5 * r for r in range(world)]
+    set_seed(0)
+    model = sk.quantize(DigitsCNN(), sk.QATConfig(), calibration=x_all[:32])  # same start
+    single = copy.deepcopy(model)
+    start = model.conv1.sk_input_quant.lo.clone(), model.conv1.sk_input_quant.hi.clone()
+    model.train()
+    model(shards[rank])
+    sync_observers(model)
+    single.train()
+    single(torch.cat(shards))
+    a, b = model.conv1.sk_input_quant, single.conv1.sk_input_quant
+    return {"equal": torch.equal(a.lo, b.lo) and torch.equal(a.hi, b.hi),
+            "moved": not (torch.equal(a.lo, start[0]) or torch.equal(a.hi, start[1])),
+            "mismatched": gathered_mismatches(model)}
 
 
 def broadcast_check(rank: int, x) -> dict:
@@ -141,6 +166,7 @@ def main() -> None:
         "cluster_static_graph": train("cluster", DistributedScheduler, x, y, static_graph=True),
         "calibration": calibration_check(x[:50], data.x_train[:100]),
         "broadcast": broadcast_check(rank, x),
+        "ema": ema_check(rank, world, data.x_train),
     }
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump(result, f, indent=1)

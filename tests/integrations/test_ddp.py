@@ -55,6 +55,7 @@ def test_every_parameter_and_buffer_identical_on_all_ranks(ranks, case):
     for rank in ranks:
         assert rank["world"] == 2
         r = rank[case]
+        assert r["nonfinite"] == [], f"{case}: training produced non-finite values"
         assert r["tensors"] >= 40  # weights, biases, masks or centroids/labels, steps, ranges
         assert r["mismatched"] == [], f"{case}: differ across ranks (torch.equal)"
         assert r["unsynced"] == []  # the SHA-1 check of unsynced_tensors agrees
@@ -97,6 +98,14 @@ def test_calibration_shards_reduce_to_the_whole_calibration_set(ranks):
         assert c["ranges"] == 10  # lo and hi of 5 quantizers
         assert c["differ_from_whole"] == []
         assert c["mismatched"] == []
+
+
+def test_moving_average_sync_equals_one_process_on_the_union(ranks):
+    # lo + c (min_k lo_k - lo) == min_k (lo + c (lo_k - lo)): exact, compared with torch.equal.
+    for rank in ranks:
+        assert rank["ema"]["moved"]  # both ends of the range moved in this step
+        assert rank["ema"]["equal"]
+        assert rank["ema"]["mismatched"] == []
 
 
 def test_sync_slimkit_state_makes_separately_prepared_ranks_agree(ranks):

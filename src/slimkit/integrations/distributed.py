@@ -18,7 +18,7 @@ What DistributedDataParallel already guarantees, and what it does not:
 :func:`sync_observers` fixes the observers: an all-reduce takes the minimum of the ``lo``
 buffers and the maximum of the ``hi`` buffers. For the ``minmax`` and ``moving_average``
 observers this is exactly the range a single process would compute from the union of the
-ranks' batches, because each update is monotone in the batch extreme:
+ranks' values, because each update is monotone in the batch extreme:
 ``min_k(lo + c * (lo_k - lo)) = lo + c * (min_k lo_k - lo)``. :class:`DistributedScheduler`
 calls it before every step; the Lightning and Hugging Face callbacks do so automatically.
 :func:`sync_slimkit_state` also broadcasts all other slimkit state from one rank, for the
@@ -244,5 +244,10 @@ class DistributedScheduler(Scheduler):
         self.group = group
 
     def step(self) -> None:
-        sync_observers(self.model, self.group)
+        # Only QAT observers in training mode move during training; once all are frozen (or
+        # there are none) the collective is skipped. The flags agree on every rank: they were
+        # reduced by the last sync and are set by the same step counts.
+        if any(q.qat and q.training and not bool(q.frozen)
+               for q in _activation_quantizers(self.model)):
+            sync_observers(self.model, self.group)
         super().step()
