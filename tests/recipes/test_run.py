@@ -194,6 +194,10 @@ def example_inputs():
 def loss(outputs, targets):
     CALLS.append(len(targets))
     return F.cross_entropy(outputs, targets)
+
+
+def nan_loss(outputs, targets):
+    return F.cross_entropy(outputs, targets) * float("nan")
 '''
 
 
@@ -268,3 +272,16 @@ def test_a_stage_the_model_refuses_is_a_recipe_error_at_its_location(tmp_path, u
     saved = torch.load(out / "checkpoints" / "00-baseline.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(saved[k], start[k]) for k in start)
     assert not (out / "model.onnx").exists()
+
+
+def test_a_run_that_fails_exits_1(tmp_path, user_module):
+    recipe = {"model": {"factory": "h2_user_task:make_model"},
+              "data": {**USER_DATA, "loss": "h2_user_task:nan_loss"}, "evaluate": "stripped",
+              "stages": [{"technique": "magnitude-pruning", "steps": 3}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, RuntimeError)
+    assert "the loss is nan at step 0" in str(result.exception)
+    assert not (tmp_path / "out" / "checkpoints" / "01-magnitude-pruning.pt").exists()

@@ -122,6 +122,9 @@ def test_epoch_units_become_steps_of_the_stage():
     # A short run of 20 of the 450 steps: 2 steps stand for an epoch.
     cfg = recipe.stages[0].build_config(steps_per_epoch=45 * 20 / 450)
     assert (cfg.schedule.end_step, cfg.schedule.frequency) == (14, 2)
+    # A loader without len() has no epochs to count.
+    with pytest.raises(RecipeError, match="end_step: '7 epochs' needs a training loader"):
+        recipe.stages[0].build_config(steps_per_epoch=None)
 
 
 def test_stage_names_must_be_unique():

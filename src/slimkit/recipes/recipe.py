@@ -107,8 +107,11 @@ class RecipeStage:
     def trains(self) -> bool:
         return bool(self.epochs or self.steps)
 
-    def build_config(self, steps_per_epoch: float) -> Config:
-        """The technique's config object (raises :class:`RecipeError` on a bad field)."""
+    def build_config(self, steps_per_epoch: float | None) -> Config:
+        """The technique's config object (raises :class:`RecipeError` on a bad field).
+
+        ``steps_per_epoch`` converts "N epochs" values (None: the loader has no length).
+        """
         from slimkit.core.registry import get_technique
 
         cls = get_technique(self.technique).config_cls
@@ -366,7 +369,7 @@ def _needs_calibration(cfg: Config) -> bool:
             and cfg.mode == "static")
 
 
-def _build_config(cls: type[Config], fields: dict, steps_per_epoch: float, loc: str,
+def _build_config(cls: type[Config], fields: dict, steps_per_epoch: float | None, loc: str,
                   problems: list) -> Config | None:
     """Build ``cls`` from YAML fields, appending every problem found to ``problems``.
 
@@ -397,8 +400,13 @@ def _build_config(cls: type[Config], fields: dict, steps_per_epoch: float, loc: 
             del values[bad]
 
 
-def _convert(value: Any, steps_per_epoch: float, loc: str, problems: list) -> tuple[bool, Any]:
+def _convert(value: Any, steps_per_epoch: float | None, loc: str,
+             problems: list) -> tuple[bool, Any]:
     if isinstance(value, str) and _EPOCHS.match(value):
+        if steps_per_epoch is None:
+            problems.append((loc, f"{value!r} needs a training loader with a length (len()) to "
+                             "count epochs; give a number of steps"))
+            return False, None
         epochs = float(_EPOCHS.match(value).group(1))
         return True, max(1, round(epochs * steps_per_epoch)) if epochs > 0 else 0
     if isinstance(value, dict) and "type" in value:

@@ -113,8 +113,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None = N
         _seed(recipe.seed, phase.index)
         start = time.perf_counter()
         if phase.stage is None:
-            model = _baseline(recipe, task, max_steps, console, progress)
-            steps, config = _baseline_steps(recipe, task, max_steps), None
+            model, steps = _baseline(recipe, task, max_steps, console, progress)
+            config = None
         else:
             steps, config = _stage(model, phase, task, len(phases), max_steps, console, progress,
                                    recipe.source)
@@ -136,24 +136,19 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None = N
 
 # ---- phases -------------------------------------------------------------------------------
 
-def _baseline(recipe: Recipe, task: Task, max_steps, console, progress) -> nn.Module:
+def _baseline(recipe: Recipe, task: Task, max_steps, console, progress) -> tuple[nn.Module, int]:
+    """Phase 0: the model from its factory, its starting checkpoint, then baseline training."""
     model = task.make_model()
     if task.checkpoint is not None:
         load_weights(model, task.checkpoint)
     spec = recipe.baseline
+    total = 0
     if spec is not None and (spec.epochs or spec.steps):
         total, _ = _plan(spec.epochs, spec.steps, task, max_steps, "baseline")
         _train(model, task, total, spec.lr, f"phase 0/{len(recipe.stages)} baseline",
                console, progress)
     model.eval()
-    return model
-
-
-def _baseline_steps(recipe: Recipe, task: Task, max_steps) -> int:
-    spec = recipe.baseline
-    if spec is None or not (spec.epochs or spec.steps):
-        return 0
-    return _plan(spec.epochs, spec.steps, task, max_steps, "baseline")[0]
+    return model, total
 
 
 def _stage(model: nn.Module, phase: Phase, task: Task, n_phases: int, max_steps, console,
@@ -183,7 +178,7 @@ def _stage(model: nn.Module, phase: Phase, task: Task, n_phases: int, max_steps,
     return total, config.to_dict()
 
 
-def _plan(epochs, steps, task: Task, max_steps, loc: str) -> tuple[int, float]:
+def _plan(epochs, steps, task: Task, max_steps, loc: str) -> tuple[int, float | None]:
     """(optimizer steps to run, steps per epoch to convert "N epochs" config values with)."""
     per_epoch = task.steps_per_epoch()
     if epochs and per_epoch is None:
@@ -192,8 +187,7 @@ def _plan(epochs, steps, task: Task, max_steps, loc: str) -> tuple[int, float]:
     full = steps if steps else (epochs or 0) * (per_epoch or 0)
     total = min(full, max_steps) if max_steps else full
     if per_epoch is None:
-        # No epochs without a length: "N epochs" in a config then means N * steps / 1.
-        per_epoch = float(full or 1)
+        return total, None  # "N epochs" in a config is then an error (no epoch to count)
     scale = total / full if full else 1.0
     return total, per_epoch * scale
 
@@ -218,7 +212,7 @@ def _train(model: nn.Module, task: Task, total: int, lr: float, description: str
                 inputs, targets = _split(batch)
                 loss = task.loss_fn(_call(model, inputs), targets)
                 if not torch.isfinite(loss):
-                    raise RuntimeError(f"{description}: the loss is {float(loss)} at step "
+                    raise RuntimeError(f"{description}: the loss is {loss.item()} at step "
                                        f"{done}; lower lr or check the data")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
