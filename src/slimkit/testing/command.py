@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from slimkit.core.io import atomic_path
 from slimkit.testing.entry import ConformanceEntry
@@ -62,8 +63,9 @@ def run_command(source: str | None, checks: list[str] | None, json_path: str | N
     def progress(r):
         where = f" {r.model}" if r.model else ""
         style = {"pass": "green", "fail": "red", "xpass": "red"}.get(r.status, "yellow")
-        console.print(f"[{style}]{r.status:5}[/{style}] {r.entry} {r.check}{where} "
-                      f"({r.seconds:.1f} s): {r.note}", highlight=False)
+        # Notes quote messages such as "name [check]: ...": not rich markup. One line each.
+        console.print(f"[{style}]{r.status:5}[/{style}] {escape(r.entry)} {r.check}{where} "
+                      f"({r.seconds:.1f} s): {escape(r.note)}", highlight=False, soft_wrap=True)
 
     results = run_conformance(entries, checks, progress=progress)
     console.print(pass_table(results))

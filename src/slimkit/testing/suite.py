@@ -93,6 +93,7 @@ def run_conformance(entries, checks=None, progress=None) -> list[Result]:
 def pass_table(results: list[Result]):
     """A rich table: one row per entry, one column per check; per-model checks show
     ``passed/run`` and name the failing models."""
+    from rich.markup import escape
     from rich.table import Table
 
     checks = list(dict.fromkeys(r.check for r in results))
@@ -108,7 +109,7 @@ def pass_table(results: list[Result]):
         for c in checks:
             rs = by_check.get(c, [])
             cells.append(_cell(rs))
-        table.add_row(entry, *cells)
+        table.add_row(escape(entry), *cells)
     return table
 
 
