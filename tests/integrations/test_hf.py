@@ -72,8 +72,8 @@ class SeesLogs(TrainerCallback):
 def test_steps_per_optimizer_step_and_logs_the_stats(tmp_path):
     model = tiny_bert()
     seen = SeesLogs()
-    trainer = Trainer(model=model, args=args(tmp_path), train_dataset=TokenDataset(),
-                      callbacks=[seen])
+    trainer = Trainer(model=model, args=args(tmp_path, save_strategy="steps", save_steps=3),
+                      train_dataset=TokenDataset(), callbacks=[seen])
     cb = SlimkitTrainerCallback(per_layer=True).add_to(trainer)
     assert trainer.callback_handler.callbacks[0] is cb  # before any report_to integration
     trainer.train()
@@ -96,6 +96,18 @@ def test_steps_per_optimizer_step_and_logs_the_stats(tmp_path):
     assert len(per_layer) == 2 * 6 + 2
     # A callback registered after it (callbacks=[...]) sees the statistics in the logs.
     assert [log["slimkit/step"] for log in seen.logs if "loss" in log] == [2.0, 4.0, 6.0]
+
+    # Resume from the step-3 checkpoint: the step buffers come back with the weights
+    # (model.safetensors), so the schedules continue and the run ends where the whole one did.
+    resumed = tiny_bert()
+    again = Trainer(model=resumed, args=args(tmp_path), train_dataset=TokenDataset(),
+                    callbacks=[SlimkitTrainerCallback()])
+    again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-3"))
+    assert step_of(resumed) == 6
+    expected = model.state_dict()
+    for name, t in resumed.state_dict().items():
+        # Same batches, optimizer and RNG state: bitwise equal here; 1e-6 allows for threads.
+        assert torch.allclose(t.float(), expected[name].float(), rtol=0, atol=1e-6), name
 
 
 def test_unprepared_model_is_a_clear_error(tmp_path):
