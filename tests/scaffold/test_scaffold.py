@@ -55,7 +55,7 @@ def test_generated_code_is_filled_in_and_lints_clean(tmp_path):
     leftovers = [path for path, text in files.items() if "{{" in text or "}}" in text]
     assert leftovers == []
     assert "class MyNoiseConfig(Config)" in files["my_noise/config.py"]
-    assert 'sk.register_technique(\n    "my-noise",' in files["my_noise/handler.py"]
+    assert 'TECHNIQUE = sk.register_technique(\n    "my-noise",' in files["my_noise/handler.py"]
     generate.new_technique("my-noise", tmp_path)
     # Linted as the contributor's repository would: my_noise first-party, slimkit third-party.
     run = subprocess.run(
