@@ -3,7 +3,8 @@
 Every results table in the docs (RFCs, results page, launch post, README) comes from here,
 so no figure is typed by hand: one file per benchmark in docs/generated/<name>.md, plus
 ``headline.md`` (each technique on the digits task next to the tools users would pick
-instead) and ``vs_reference.md`` (figure by figure, with a verdict), and the README's
+instead), ``vs_reference.md`` (figure by figure, with a verdict) and ``missed.md`` (the
+comparisons where we fell short), and the README's
 results section between ``<!-- results:start -->`` and ``<!-- results:end -->``.
 Reference figures come from benchmarks/reference.json (data, with source and date).
 
@@ -496,6 +497,17 @@ def vs_reference(results: dict, ref: dict) -> str:
             + f"\n{missed} of {len(rows)} comparisons missed the reference figure.\n")
 
 
+def missed(results: dict, ref: dict) -> str:
+    """The comparisons where slimkit fell short of a reference figure, as a list."""
+    rows = [r for r in vs_reference_rows(results, ref) if r[-1] == "missed"]
+    if not rows:
+        return "slimkit matched or beat every reference figure in the comparison.\n"
+    items = [f"- {technique}, {figure}: slimkit {mine}, {reference}"
+             for technique, figure, mine, reference, _ in rows]
+    return ("Where slimkit missed a reference figure (from the comparison table; means over "
+            "seeds 0, 1, 2):\n\n" + "\n".join(items) + "\n")
+
+
 # ---------------------------------------------------------------- files
 
 def load_results(results_dir: Path) -> dict[str, dict]:
@@ -530,6 +542,7 @@ def render_all(results_dir: Path = RESULTS, reference: Path = REFERENCE) -> dict
         pages[f"{name}.md"] = HEADER + "\n" + body
     pages["headline.md"] = HEADER + "\n" + headline(results, ref)
     pages["vs_reference.md"] = HEADER + "\n" + vs_reference(results, ref)
+    pages["missed.md"] = HEADER + "\n" + missed(results, ref)
     return pages
 
 
