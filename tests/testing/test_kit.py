@@ -177,3 +177,17 @@ def test_run_conformance_reports_failures_and_known_failures_in_the_table(leaky)
     console.print(pass_table(results))
     text = console.export_text()
     assert "test-leaky-noise" in text and "xfail" in text and "0/4" in text
+
+
+def test_entries_that_would_train_differently_never_share_a_cached_model():
+    from slimkit.testing import workbench
+
+    def entry(**kw):
+        return ConformanceEntry("magnitude-pruning",
+                                config=lambda: sk.MagnitudePruningConfig(kw.get("s", 0.5)),
+                                finetune_steps=kw.get("steps", 90))
+
+    same = workbench._key("finetuned", entry()), workbench._key("finetuned", entry())
+    assert same[0] == same[1]  # equal entries share the fine-tuned model
+    assert workbench._key("finetuned", entry(s=0.6)) != same[0]
+    assert workbench._key("finetuned", entry(steps=10)) != same[0]

@@ -33,6 +33,17 @@ _TRAIN_STEPS = 2  # zoo models: enough to move weights, steps and observers off 
 _LATENCY_BATCH = 64
 
 
+def _key(kind: str, entry: ConformanceEntry) -> tuple:
+    """A cache key for what ``entry`` produces: two entries that would train or export
+    differently never share a cached model, even under one name."""
+    import json
+
+    config = json.dumps(entry.config().to_dict(), sort_keys=True)
+    return (kind, entry.name, config, entry.finetune_steps, entry.lr,
+            repr(sorted(entry.export_kwargs.items())), entry.needs_calibration,
+            entry.needs_example_inputs, entry.prepare)
+
+
 def workdir() -> Path:
     """A temporary folder for this process's artifacts, removed at exit."""
     if "dir" not in _CACHE:
@@ -193,7 +204,7 @@ def finetuned(entry: ConformanceEntry) -> nn.Module:
     The convergence and metric checks measure its artifact; the resume check compares an
     interrupted run with it.
     """
-    key = ("finetuned", entry.name)
+    key = _key("finetuned", entry)
     if key not in _CACHE:
         model = prepared_baseline(entry)
         opt = optimizer(entry, model)
@@ -222,10 +233,11 @@ def baseline_artifact() -> Path:
 
 def artifact(entry: ConformanceEntry) -> Path:
     """The entry's fine-tuned digits model exported (validated in ORT), once."""
-    key = ("artifact", entry.name)
+    key = _key("artifact", entry)
     if key not in _CACHE:
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in entry.name)
-        _CACHE[key] = sk.export_onnx(finetuned(entry), workdir() / f"{safe}.onnx",
+        n = sum(1 for k in _CACHE if k[0] == "artifact")
+        _CACHE[key] = sk.export_onnx(finetuned(entry), workdir() / f"{safe}-{n}.onnx",
                                      example_inputs=digits().x_test[:8], **entry.export_kwargs)
     return _CACHE[key]
 
@@ -234,7 +246,7 @@ def reports(entry: ConformanceEntry) -> tuple[sk.DeploymentReport, sk.Deployment
     """``(fp32 report, technique report)`` of the digits artifacts (sizes and accuracy; cached)."""
     if "base_report" not in _CACHE:
         _CACHE["base_report"] = measure(baseline_artifact(), latency=False)
-    key = ("report", entry.name)
+    key = _key("report", entry)
     if key not in _CACHE:
         _CACHE[key] = measure(artifact(entry), latency=False)
     return _CACHE["base_report"], _CACHE[key]
