@@ -238,7 +238,9 @@ def test_user_factory_recipe(tmp_path, user_module):
         "evaluate": "stripped",
         "report": {"latency_runs": 5},
         "stages": [{"name": "prune", "technique": "magnitude-pruning", "epochs": 2,
-                    "lr": 1e-3, "config": {"schedule": 0.5}, "ignore": ["2"]}],
+                    "lr": 1e-3, "config": {"schedule": 0.5}, "ignore": ["2"]},
+                   # post-training: no training, calibrated on 2 training batches
+                   {"name": "ptq", "technique": "quantization", "calibration_batches": 2}],
     }
     path = tmp_path / "user.yaml"
     path.write_text(yaml.safe_dump(recipe))
@@ -250,12 +252,15 @@ def test_user_factory_recipe(tmp_path, user_module):
     assert len(h2_user_task.CALLS) == 60 + 2 * 6
     report = json.loads((out / "report.json").read_text())
     rows = report["stages"]
-    assert [r["evaluated_on"] for r in rows] == ["stripped torch model"] * 2
+    assert [r["evaluated_on"] for r in rows] == ["stripped torch model"] * 3
     assert rows[0]["metrics"]["accuracy"] > 0.8  # a linear rule, learnt in 60 steps
+    assert [r["steps"] for r in rows] == [60, 12, 0]
     ws = kernels(out / "model.onnx")
-    # ignore=["2"] kept the last Linear dense; the first one is pruned to 50%.
+    assert {w.dtype for w in ws.values()} == {np.dtype(np.int8)}
+    # ignore=["2"] kept the last Linear dense; the first one is pruned to 50% and stays so
+    # through int8 quantization (zero maps to zero).
     sparsities = sorted(float((w == 0).mean()) for w in ws.values())
-    assert sparsities == [0.0, 0.5]
+    assert sparsities[1] == 0.5 and sparsities[0] < 0.05
     predict = ort_session(out / "model.onnx")
     logits = predict.run(None, {predict.get_inputs()[0].name: h2_user_task.X.numpy()})[0]
     acc = float((logits.argmax(1) == h2_user_task.Y.numpy()).mean())
