@@ -113,6 +113,13 @@ def test_factories_are_required_without_a_task_and_refused_with_one():
     found = problems({"task": "digits", "model": {"factory": "torch.nn:Identity"},
                       "stages": [DIGITS_PRUNE]})
     assert set(found) == {"model.factory"}
+    own = {"train_loader": "torch.nn:Identity", "eval": "torch.nn:Identity"}
+    found = problems({"model": {"factory": "torch.nn:Identity"},
+                      "data": {**own, "batch_size": 8}, "stages": [DIGITS_PRUNE]})
+    assert set(found) == {"data.batch_size"}  # the user's loader sets its own
+    found = problems({"model": {"factory": "torch.nn:Identity"}, "data": own,
+                      "stages": [{"epochs": 1}]})
+    assert set(found) == {"stages[0].technique"}  # a missing technique, reported once
 
 
 def test_epoch_units_become_steps_of_the_stage():

@@ -216,7 +216,7 @@ def parse_recipe(data: Any, *, source: str = "<recipe>", default_name: str = "re
         p.add("stages", f"a list of at least one stage is required, got {_kind(raw_stages)}")
     else:
         for i, raw in enumerate(raw_stages):
-            stage = _stage(p, raw, f"stages[{i}]")
+            stage = _stage(p, raw, i)
             if stage is not None:
                 stages.append(stage)
         names = [s.name for s in stages]
@@ -291,6 +291,8 @@ def _check_sources(p: _Problems, task, model: ModelSpec, data: DataSpec) -> None
         p.check(ok, "model.checkpoint", "the path of an existing file", model.checkpoint)
     p.check(_is_int(data.batch_size) and data.batch_size >= 1, "data.batch_size",
             "an integer >= 1", data.batch_size)
+    if task is None and data.batch_size != DataSpec.batch_size:
+        p.add("data.batch_size", "only for built-in tasks: your train_loader sets its own")
 
 
 def _train_spec(p: _Problems, raw: Any, loc: str, default_lr: float) -> TrainSpec | None:
@@ -316,9 +318,10 @@ def _check_length(p: _Problems, epochs, steps, loc: str) -> None:
 _STAGE_FIELDS = [f.name for f in dataclasses.fields(RecipeStage)]
 
 
-def _stage(p: _Problems, raw: Any, loc: str) -> RecipeStage | None:
+def _stage(p: _Problems, raw: Any, index: int) -> RecipeStage | None:
     from slimkit.core.registry import get_technique
 
+    loc = f"stages[{index}]"
     if not isinstance(raw, dict):
         p.add(loc, f"a stage is a mapping with at least 'technique', got {_kind(raw)}")
         return None
@@ -332,7 +335,7 @@ def _stage(p: _Problems, raw: Any, loc: str) -> RecipeStage | None:
             tech = get_technique(technique)
         except ValueError as e:
             p.add(f"{loc}.technique", str(e))
-    name = raw.get("name", technique)
+    name = raw.get("name", technique if isinstance(technique, str) else f"stage{index}")
     p.check(isinstance(name, str) and re.fullmatch(r"[\w.-]+", name or "") is not None,
             f"{loc}.name", "a name of letters, digits, '-', '_' or '.'", name)
     config = raw.get("config") or {}
