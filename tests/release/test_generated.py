@@ -112,3 +112,27 @@ def test_a_new_results_file_gets_a_generic_table(tmp_path):
     text = rt.generic("new_bench", data)
     assert "| accuracy | 0.9750 [0.9700–0.9800] |" in text
     assert "benchmarks/results/new_bench.json" in text
+
+
+def _collaborative_summary(variant: str, accuracy: float, zip_ratio: float) -> dict:
+    """One variant's summary as benchmarks/collaborative_digits.py writes it (flat stats)."""
+    flat = {"accuracy": accuracy, "drop_points": 100 * (0.98 - accuracy), "sparsity": 0.8,
+            "unique_per_channel": 16, "raw_ratio": 3.7, "zip_ratio": zip_ratio,
+            "packed_ratio": 20.0, "packed_vs_bound": 1.05}
+    if variant == "pcqat":
+        flat |= {"overhead_prune": 1.2, "overhead_cluster": 1.3, "overhead_qat": 1.9}
+    return {k: {"mean": v, "min": v, "max": v} for k, v in flat.items()}
+
+
+def test_collaborative_results_render_and_join_the_headline():
+    # The shape collaborative_digits.py writes: summary[variant][figure] = mean/min/max.
+    data = {"torch": "2.13.0+cpu", "threads": 2, "variants": ["fp32", "pcqat"],
+            "summary": {"fp32": _collaborative_summary("fp32", 0.98, 1.0),
+                        "pcqat": _collaborative_summary("pcqat", 0.975, 16.0)}}
+    text = rt.collaborative_digits(data, {})
+    assert "| PCQAT: prune 80% + cluster 16 + QAT int8, per-tensor scales (compact) | 0.9750 |" in text
+    assert "prune 1.20x, cluster 1.30x, qat 1.90x" in text
+    ref = json.loads((ROOT / "benchmarks" / "reference.json").read_text())
+    rows = rt.collaborative_rows(data, ref["digits"])
+    assert rows[0]["zip"]["mean"] == 16.0 and rows[0]["overhead"]["mean"] == 1.9
+    assert rows[0]["ref"]["TFMOT"]["zip_ratio"] == 15.6
