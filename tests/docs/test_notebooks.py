@@ -67,12 +67,13 @@ def test_notebook_is_stored_without_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[str(p.relative_to(DOCS)) for p in NOTEBOOKS])
-def test_notebook_runs(path, venv_kernel, tmp_path):
+def test_notebook_runs(path, venv_kernel, tmp_path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and "assert " in code[-1].source, (
         f"{path.name}: the last code cell must assert on a figure the notebook computed"
     )
+    monkeypatch.setenv("TMPDIR", str(tmp_path))   # the notebooks' tempfile.mkdtemp() lands here
     client = nbclient.NotebookClient(
         nb, kernel_name=venv_kernel, timeout=TIMEOUT_S,
         resources={"metadata": {"path": str(tmp_path)}},   # files it writes land in tmp_path
