@@ -59,6 +59,9 @@ def test_api_reference_is_rendered_from_docstrings(site):
     pruning = (site / "api" / "pruning" / "index.html").read_text(encoding="utf-8")
     assert "MagnitudePruningConfig" in pruning
     assert ":func:`" not in pruning and ":class:`" not in pruning   # roles rewritten
+    # "Example:" sections render as console code (prompt span), not as nested quotes.
+    assert '<span class="gp">&gt;&gt;&gt; </span>' in pruning
+    assert "<blockquote>\n<blockquote>" not in everything
 
 
 def test_technique_pages_and_notebooks_are_in_the_site(site):
