@@ -68,5 +68,7 @@ def test_technique_pages_and_notebooks_are_in_the_site(site):
     for name in ("magnitude-pruning", "channel-pruning", "weight-clustering", "quantization", "qat"):
         for page in ("overview", "guide", "notebook"):
             assert (site / "techniques" / name / page / "index.html").is_file(), (name, page)
-        # The notebook is offered as a download too.
+        # The notebook is offered as a download too, with a button on its page.
         assert (site / "techniques" / name / "notebook" / "notebook.ipynb").is_file(), name
+        page = (site / "techniques" / name / "notebook" / "index.html").read_text(encoding="utf-8")
+        assert '<a href="notebook.ipynb" title="Download the notebook"' in page, name
