@@ -4,7 +4,7 @@ Exit codes: 0 success; 1 the command ran and failed; 2 bad input (usage, missing
 invalid value).
 
 Example:
-    $ slimkit demo                # or: slimkit demo --quick (a few seconds)
+    $ slimkit demo                # or: slimkit demo --quick (about 10 s)
     $ slimkit techniques
     $ slimkit report model.onnx --batch-size 32 --json report.json
     $ slimkit check-sparsity model.onnx --pattern 2:4
@@ -40,7 +40,7 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Keep the ONNX files and demo.json in this folder.")
 @click.option("--quick", is_flag=True,
-              help="Fewer epochs and latency runs: the same path in a few seconds (a smoke test).")
+              help="Fewer epochs and latency runs: the same path in about 10 s (a smoke test).")
 def demo(epochs, finetune_epochs, sparsity, seed, out, quick) -> None:
     """Train the digits CNN, prune it to 80%, export both to ONNX and compare their reports."""
     from slimkit.demo import run_demo

@@ -5,7 +5,7 @@ that ships offline. Baseline and pruned model are exported to ONNX, validated in
 Runtime, and their deployment reports are printed side by side with ratios.
 
 ``quick=True`` (``slimkit demo --quick``) trains for fewer epochs and times fewer inference
-runs: the same path in a few seconds, as a smoke test of an installation. Its accuracy is a
+runs: the same path in about 10 s on 2 cores, a smoke test of an installation. Its accuracy is a
 little lower and its timings rougher than the full run's.
 
 Example:
