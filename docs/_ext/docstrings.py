@@ -5,7 +5,8 @@ expects, and would show up garbled in the API reference:
 
 - ``Example:`` sections (the style guide's name): the parser only knows ``Examples:``, so
   ``Example:`` became a note whose ``>>>`` lines rendered as nested quotes. The header is
-  renamed, so the lines render as a Python console block.
+  renamed, so the lines render as a Python console block. Likewise ``Fields:`` (a config's
+  fields) becomes ``Attributes:``, rendered as a table.
 - reStructuredText roles (``:func:`prune```) would appear verbatim; they become inline code
   (``:class:`~slimkit.core.Config``` -> ```Config```).
 
@@ -25,6 +26,7 @@ import griffe
 
 _ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|attr|data|exc|obj|const):`(~?)([^`]+)`")
 _EXAMPLE = re.compile(r"^(\s*)Example:[ \t]*$", re.M)
+_FIELDS = re.compile(r"^(\s*)Fields:[ \t]*$", re.M)
 
 
 def _code(match: re.Match) -> str:
@@ -34,8 +36,9 @@ def _code(match: re.Match) -> str:
 
 
 def to_markdown(text: str) -> str:
-    """Rewrite the roles and ``Example:`` headers of one docstring."""
-    return _EXAMPLE.sub(r"\1Examples:", _ROLE.sub(_code, text))
+    """Rewrite the roles and the ``Example:`` / ``Fields:`` headers of one docstring."""
+    text = _EXAMPLE.sub(r"\1Examples:", _ROLE.sub(_code, text))
+    return _FIELDS.sub(r"\1Attributes:", text)
 
 
 class MarkdownDocstrings(griffe.Extension):

@@ -64,6 +64,19 @@ def test_api_reference_is_rendered_from_docstrings(site):
     assert "<blockquote>\n<blockquote>" not in everything
 
 
+SUBPACKAGES = ["pruning", "clustering", "quantization", "export", "metrics", "core", "recipes",
+               "integrations", "testing"]
+
+
+@pytest.mark.parametrize("name", SUBPACKAGES)
+def test_api_page_lists_the_subpackage_all(site, name):
+    module = importlib.import_module(f"slimkit.{name}")
+    html = (site / "api" / name / "index.html").read_text(encoding="utf-8")
+    missing = [n for n in module.__all__
+               if not re.search(rf'id="slimkit\.{name}(\.[\w.]+)?\.{n}"', html)]
+    assert not missing, f"slimkit.{name}: no API entry for {missing}"
+
+
 def test_technique_pages_and_notebooks_are_in_the_site(site):
     for name in ("magnitude-pruning", "channel-pruning", "weight-clustering", "quantization", "qat"):
         for page in ("overview", "guide", "notebook"):
