@@ -23,7 +23,7 @@ from slimkit.core import (
     strip,
     techniques,
 )
-from slimkit.export import ExportValidationError, export_onnx
+from slimkit.export import ExportValidationError, export_onnx, export_packed, load_packed
 from slimkit.metrics import DeploymentReport, report
 from slimkit.pruning import (
     ChannelPruningConfig,
@@ -58,8 +58,10 @@ __all__ = [
     "check_sparsity",
     "cluster",
     "export_onnx",
+    "export_packed",
     "get_technique",
     "load",
+    "load_packed",
     "prune",
     "prune_channels",
     "prune_for_latency",

@@ -41,28 +41,78 @@ def compact_codebooks(proto: onnx.ModelProto, ctx) -> onnx.ModelProto | None:
     """The technique's ``post_export`` hook: compact the weights when ``ctx.compact`` is set."""
     if not ctx.compact:
         return None
-    ctx.notes["weight-clustering"] = {"compacted": compact_initializers(proto.graph)}
+    # Weights that quantization turns into int8 + DequantizeLinear after this hook: compacting
+    # their float form first would hide them from it (the file would stay fp32). The int8
+    # form is compacted by :func:`compact_int8` at the end of the quantization hook.
+    skip = _quantized_names(proto.graph, ctx)
+    ctx.notes["weight-clustering"] = {"compacted": compact_initializers(proto.graph, skip)}
     return proto
 
 
-def compact_initializers(graph: onnx.GraphProto) -> list[str]:
+def _quantized_names(graph: onnx.GraphProto, ctx) -> set[str]:
+    """Initializers holding a weight the quantization export hook will rewrite."""
+    weights = ctx.notes.get("slimkit.quantization", {}).get("weights", {})
+    if not weights:
+        return set()
+    names = set(weights) & {t.name for t in graph.initializer}
+    baked = [w["baked"] for key, w in weights.items() if key not in names and w["baked"].ndim == 2]
+    for init in graph.initializer:
+        if init.name in names or init.data_type != TensorProto.FLOAT or len(init.dims) != 2:
+            continue
+        value = None
+        for b in baked:
+            if tuple(init.dims) == b.shape[::-1]:
+                value = numpy_helper.to_array(init) if value is None else value
+                if np.array_equal(value, b.T):  # the exporter stored it pre-transposed
+                    names.add(init.name)
+    return names
+
+
+def compact_initializers(graph: onnx.GraphProto, skip: set[str] = frozenset()) -> list[str]:
     """Rewrite every float32 initializer of >= 2 dims with few values per tensor or per slice.
 
-    Only initializers that get smaller are rewritten. Returns their names.
+    Only initializers that get smaller are rewritten, none named in ``skip``. Returns their
+    names.
     """
+    return _rewrite(graph, lambda init: (
+        encode(numpy_helper.to_array(init))
+        if init.data_type == TensorProto.FLOAT and len(init.dims) >= 2 and init.name not in skip
+        else None), nibbles=False)
+
+
+def compact_int8(graph: onnx.GraphProto) -> list[str]:
+    """Store int8 weights with <= 16 distinct values per output channel as 4-bit indices.
+
+    For quantized clustered weights (CQAT / PCQAT): the int8 weight read by a
+    DequantizeLinear becomes ``Gather(int8 codebook, Cast(uint4 indices) [+ offsets])``.
+    ORT folds the lookup at session start, so it still runs its int8 kernels on the same
+    int8 weight; the file holds half a byte per weight, and the index stream, with zero at
+    index 0, zips better than the int8 bytes. Returns the names rewritten.
+
+    Example:
+        >>> compact_int8(proto.graph)           # after the quantization export hook
+        ['fc1.weight_quantized', ...]
+    """
+    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    return _rewrite(graph, lambda init: (
+        encode_int8(numpy_helper.to_array(init))
+        if init.data_type == TensorProto.INT8 and len(init.dims) >= 2 and init.name in dequantized
+        else None), nibbles=True)
+
+
+def _rewrite(graph: onnx.GraphProto, encoder, nibbles: bool) -> list[str]:
+    """Replace each initializer ``encoder`` encodes by indices + codebook + a Gather."""
     taken = {t.name for t in graph.initializer} | {n for node in graph.node for n in node.output}
     graph_inputs = {i.name for i in graph.input}
     done, nodes, keep = [], [], []
     for init in graph.initializer:
-        enc = None
-        if init.data_type == TensorProto.FLOAT and len(init.dims) >= 2:
-            enc = encode(numpy_helper.to_array(init))
+        enc = encoder(init)
         if enc is None:
             keep.append(init)
             continue
         indices, codebook, offsets = enc
         names = _fresh(init.name, ("indices", "codebook", "offsets", "idx", "flat"), taken)
-        keep.append(numpy_helper.from_array(indices, names["indices"]))
+        keep.append(_index_tensor(indices, names["indices"], nibbles))
         keep.append(numpy_helper.from_array(codebook, names["codebook"]))
         if offsets is None:
             nodes.append(helper.make_node("Cast", [names["indices"]], [names["idx"]],
@@ -138,29 +188,63 @@ def encode(w: np.ndarray):
     None when neither layout fits in 256 codes or neither makes the weight smaller.
     """
     bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
-    best = _per_tensor(bits)
+    best = _best(bits, MAX_CODES)
     if best is None:
-        slices = [_per_slice(bits, axis) for axis in range(w.ndim)]
+        return None
+    indices, codes, offsets = best
+    best = (indices, codes.view(np.float32), offsets)
+    return best if _nbytes(best) < w.nbytes else None
+
+
+def encode_int8(w: np.ndarray):
+    """``(indices uint4 as uint8, codebook int8, offsets int64 | None)`` for an int8 ``w``,
+    or None when some slice has more than 16 values or the weight would not shrink."""
+    bits = np.ascontiguousarray(w, dtype=np.int8).view(np.uint8).astype(np.uint32)
+    best = _best(bits, 16)
+    if best is None:
+        return None
+    indices, codes, offsets = best
+    best = (indices, codes.astype(np.uint8).view(np.int8), offsets)
+    size = -(-indices.size // 2) + codes.size + (0 if offsets is None else offsets.nbytes)
+    return best if size < w.nbytes else None
+
+
+def _best(bits: np.ndarray, max_codes: int):
+    best = _per_tensor(bits, max_codes)
+    if best is None:
+        slices = [_per_slice(bits, axis, max_codes) for axis in range(bits.ndim)]
         slices = [s for s in slices if s is not None]
         best = min(slices, key=_nbytes) if slices else None
-    return best if best is not None and _nbytes(best) < w.nbytes else None
+    return best
+
+
+def _index_tensor(indices: np.ndarray, name: str, nibbles: bool):
+    """uint8 indices, or packed UINT4 (two per byte, low nibble first) with ``nibbles``."""
+    if not nibbles:
+        return numpy_helper.from_array(indices, name)
+    flat = indices.reshape(-1)
+    if flat.size % 2:
+        flat = np.append(flat, np.uint8(0))
+    packed = (flat[0::2] & 0x0F) | ((flat[1::2] & 0x0F) << 4)
+    return helper.make_tensor(name, TensorProto.UINT4, indices.shape,
+                              packed.astype(np.uint8).tobytes(), raw=True)
 
 
 def _nbytes(encoded) -> int:
     return sum(a.nbytes for a in encoded if a is not None)
 
 
-def _per_tensor(bits: np.ndarray):
+def _per_tensor(bits: np.ndarray, max_codes: int = MAX_CODES):
     codes, inverse = np.unique(bits.reshape(-1), return_inverse=True)
-    if codes.size > MAX_CODES:
+    if codes.size > max_codes:
         return None
-    if codes[0] != 0 and codes.size < MAX_CODES:
+    if codes[0] != 0 and codes.size < max_codes:
         codes, inverse = np.concatenate([[np.uint32(0)], codes]), inverse + 1
     indices = inverse.reshape(bits.shape).astype(np.uint8)
-    return indices, codes.view(np.float32), None
+    return indices, codes, None
 
 
-def _per_slice(bits: np.ndarray, axis: int):
+def _per_slice(bits: np.ndarray, axis: int, max_codes: int = MAX_CODES):
     moved = np.moveaxis(bits, axis, 0)
     rows = moved.reshape(moved.shape[0], -1)
     if rows.shape[0] < 2:
@@ -169,9 +253,9 @@ def _per_slice(bits: np.ndarray, axis: int):
     first = np.ones(srt.shape, dtype=bool)
     first[:, 1:] = srt[:, 1:] != srt[:, :-1]
     count = first.sum(axis=1)
-    if count.max() > MAX_CODES:
+    if count.max() > max_codes:
         return None
-    if count.max() < MAX_CODES:
+    if count.max() < max_codes:
         # Room for +0.0 in every row: give each row a 0 code (at index 0, as it sorts first).
         srt = np.concatenate([np.zeros((rows.shape[0], 1), dtype=np.uint32), srt], axis=1)
         first = np.ones(srt.shape, dtype=bool)
@@ -192,7 +276,7 @@ def _per_slice(bits: np.ndarray, axis: int):
     shape = [1] * bits.ndim
     shape[axis] = rows.shape[0]
     offsets = (np.arange(rows.shape[0], dtype=np.int64) * m).reshape(shape)
-    return np.ascontiguousarray(indices), codes.reshape(-1).view(np.float32), offsets
+    return np.ascontiguousarray(indices), codes.reshape(-1), offsets
 
 
 def _fresh(base: str, parts, taken: set) -> dict:

@@ -109,6 +109,12 @@ def post_export(proto, ctx):
         graph.initializer.remove(init)
         del inits[init.name]
     _merge_duplicate_qdq(graph)
+    if ctx.compact:
+        from slimkit.clustering.compact import compact_int8
+
+        # Clustered int8 weights (<= 16 values per channel) as 4-bit indices + int8 codebook;
+        # UINT4 needs opset 21, as int4 weights do.
+        int4 |= bool(compact_int8(graph))
     _drop_noop_relus(graph)
     # The exporter annotates every node with torch stack traces: ~1 KB per Q/DQ node, a fifth
     # of a small int8 file. They are debugging aids, not part of the model.
