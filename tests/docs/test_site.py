@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def build(tmp_path_factory):
+    """Build once for the module: (site directory, the finished mkdocs process)."""
     for module in ("mkdocs", "material", "mkdocstrings_handlers.python", "mkdocs_jupyter"):
         try:
             found = importlib.util.find_spec(module) is not None
@@ -32,11 +33,20 @@ def site(tmp_path_factory):
          "-d", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
-    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    return out, proc
+
+
+@pytest.fixture
+def site(build):
+    out, proc = build
+    # The full log is in test_site_builds_strict; a failed build is not re-run per test.
+    assert proc.returncode == 0, "mkdocs build --strict failed (see test_site_builds_strict)"
     return out
 
 
-def test_site_builds_strict(site):
+def test_site_builds_strict(build):
+    site, proc = build
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
     assert (site / "index.html").is_file()
     assert (site / "get-started" / "index.html").is_file()
 
