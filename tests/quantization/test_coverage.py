@@ -124,3 +124,32 @@ def test_int8_embedding_is_looked_up_before_dequantizing(tmp_path):
     scale = numpy_helper.to_array(next(i for i in proto.graph.initializer
                                        if i.name.startswith("emb.weight_row_scale")))
     assert scale.shape == (500, 1)  # one scale per row (per output channel)
+
+
+def test_transformer_encoder_static_and_dynamic_int8_export(tmp_path):
+    """MultiheadAttention's out_proj never runs as a module (its weight is read directly),
+    and TransformerEncoder's cloned layers start with equal weights that the exporter
+    shares: static int8 exports it with int8 weights and float activations (one warning
+    names it), dynamic int8 rewrites each shared weight once."""
+    from tests.conftest import TransformerNet
+
+    for mode in ("static", "dynamic"):
+        torch.manual_seed(0)
+        model = TransformerNet().eval()
+        x = torch.randn(16, 6, 32)
+        kwargs = {"calibration": x, "progress": False} if mode == "static" else {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            quantize(model, QuantizationConfig(mode=mode), **kwargs)
+            path = sk.export_onnx(model, tmp_path / f"{mode}.onnx", example_inputs=x[:4])
+        msgs = [str(w.message) for w in caught]
+        if mode == "static":
+            assert any("export with int8 weights but float activations: "
+                       "encoder.layers.0.self_attn.out_proj" in m for m in msgs), msgs
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = ort_logits(path, x)
+        np.testing.assert_allclose(got, ref, atol=0.1, rtol=0.05)  # validated on export too
+        ints = [i for i in onnx.load(str(path)).graph.initializer
+                if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+        assert len(ints) >= 4  # linear1 / linear2 of both layers at least (shared if equal)

@@ -103,9 +103,12 @@ class ActivationQuantizer(nn.Module):
         with torch.no_grad():
             if self.observer_name in ("minmax", "moving_average"):
                 lo, hi = torch.aminmax(x.detach())
+                if self.relu_first:  # x may be the pre-ReLU tensor (see forward)
+                    lo = torch.zeros_like(lo)
+                    hi = hi.clamp(0.0, self.relu_cap) if self.relu_cap else hi.clamp(min=0.0)
             else:
                 obs = make_observer(self.observer_name, self.percentile)
-                obs.update(x)
+                obs.update(self._relu(x) if self.relu_first else x)
                 lo, hi = (torch.tensor(v) for v in obs.range(self.levels))
             if not bool(self.calibrated):
                 self.lo.copy_(lo)
@@ -119,22 +122,30 @@ class ActivationQuantizer(nn.Module):
                 self.hi.add_(self.averaging_constant * (hi - self.hi))
 
     def tensor_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`qparams` as tensors (scale float32, zero point int32), without a sync."""
+        """:meth:`qparams` as float32 tensors (scale, integer-valued zero point), no sync."""
         qmin, qmax = activation_range(self.dtype)
         lo, hi = torch.clamp(self.lo, max=0.0), torch.clamp(self.hi, min=0.0)
         if self.symmetric:
             scale = torch.maximum(-lo, hi) / ((qmax - qmin) // 2)
-            zp = torch.full((), (qmin + qmax + 1) // 2, dtype=torch.int32)
+            zp = torch.full((), float((qmin + qmax + 1) // 2))
         else:
             scale = (hi - lo) / (qmax - qmin)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         if not self.symmetric:
-            zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax).to(torch.int32)
-        return scale.float(), zp
+            zp = torch.clamp(torch.round(qmin - lo / scale), qmin, qmax)
+        return scale.float(), zp.float()
+
+    def _relu(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x) if self.relu_cap is None else torch.clamp(x, 0.0, self.relu_cap)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.relu_first:
-            x = F.relu(x) if self.relu_cap is None else torch.clamp(x, 0.0, self.relu_cap)
+        # QAT training with an asymmetric grid whose zero point is the lowest integer: the
+        # clamp inside fake-quant already zeroes negatives (and caps at the range's top, below
+        # a ReLU6's cap), so the ReLU is left to the model's own ReLU that follows. Same
+        # values and gradients, one ReLU forward and backward fewer per layer and step.
+        by_clamp = self.relu_first and self.qat and self.training and not self.symmetric
+        if self.relu_first and not by_clamp:
+            x = self._relu(x)
         if self.export is not None:
             return export_fake_quant(x, *self.export, self.dtype)
         if self.calibrating:

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import torch
@@ -56,20 +57,32 @@ def pre_export(model: nn.Module, ctx) -> None:
         }
 
     out_scales = []
-    for name, module in model.named_modules():
-        for q in (module._modules.get(INPUT), module._modules.get(OUTPUT)):
-            if isinstance(q, ActivationQuantizer):
-                if not bool(q.calibrated):
-                    raise ValueError(
-                        f"layer {name!r} has activation quantizers that were never calibrated: "
-                        "run sk.quantize(model, config, calibration=data) (or "
-                        "slimkit.quantization.calibrate) before exporting"
-                    )
-                # Python numbers: torch.export cannot read tensor values while tracing.
-                q.export = q.qparams()
+    quantizers = [(name, q) for name, module in model.named_modules()
+                  for q in (module._modules.get(INPUT), module._modules.get(OUTPUT))
+                  if isinstance(q, ActivationQuantizer)]
+    idle = sorted({name for name, q in quantizers if not bool(q.calibrated)})
+    if quantizers and len(idle) == len({name for name, _ in quantizers}):
+        raise ValueError(
+            f"the activation quantizers of {', '.join(idle[:5])}{' ...' if len(idle) > 5 else ''}"
+            " were never calibrated: run sk.quantize(model, config, calibration=data) (or "
+            "slimkit.quantization.calibrate) before exporting"
+        )
+    if idle:
+        # Layers the calibration data never reached (e.g. MultiheadAttention's out_proj,
+        # whose weight is read without calling the module): int8 weights, float activations.
+        warnings.warn(
+            f"slimkit: {len(idle)} layer(s) were never calibrated and export with int8 weights "
+            f"but float activations: {', '.join(idle)}",
+            stacklevel=3,
+        )
+    for _name, q in quantizers:
+        if bool(q.calibrated):
+            # Python numbers: torch.export cannot read tensor values while tracing.
+            q.export = q.qparams()
+    for module in model.modules():
         out_q = module._modules.get(OUTPUT)
-        if isinstance(out_q, ActivationQuantizer):
-            out_scales.append(out_q.qparams()[0])
+        if isinstance(out_q, ActivationQuantizer) and out_q.export is not None:
+            out_scales.append(out_q.export[0])
     # Layers whose input is another layer's quantized output get a Q/DQ with the producer's
     # parameters (exact on those values) so ORT sees a quantized input and fuses the op.
     for module in list(model.modules()):
@@ -101,7 +114,10 @@ def post_export(proto, ctx):
         q, scale = info["q"], np.asarray(info["scale"], dtype=np.float32)
         if info["dynamic"] and q.ndim == 2 and _rewrite_dynamic(graph, init.name, q, scale,
                                                                  transposed):
+            # Forget it: an identical copy (TransformerEncoder clones its layers, and the
+            # exporter shares equal constants) must not find this initializer again.
             graph.initializer.remove(init)
+            del inits[init.name]
             continue
         int4 |= info["bits"] == 4
         if not (info["bits"] == 8 and _rewrite_gather(graph, init.name, q, scale, info)):
@@ -109,13 +125,13 @@ def post_export(proto, ctx):
         graph.initializer.remove(init)
         del inits[init.name]
     _merge_duplicate_qdq(graph)
+    _drop_noop_relus(graph)
     if ctx.compact:
         from slimkit.clustering.compact import compact_int8
 
         # Clustered int8 weights (<= 16 values per channel) as 4-bit indices + int8 codebook;
         # UINT4 needs opset 21, as int4 weights do.
         int4 |= bool(compact_int8(graph))
-    _drop_noop_relus(graph)
     # The exporter annotates every node with torch stack traces: ~1 KB per Q/DQ node, a fifth
     # of a small int8 file. They are debugging aids, not part of the model.
     for node in graph.node:
@@ -187,7 +203,6 @@ def _drop_noop_relus(graph) -> None:
                 node.output[0] not in outputs:
             renamed[node.output[0]] = node.input[0]
             graph.node.remove(node)
-
 
 
 def _find(inits: dict, name: str, baked: np.ndarray):
@@ -262,7 +277,6 @@ def _rewrite_gather(graph, name: str, q: np.ndarray, scale: np.ndarray, info: di
             n.name = f"{p}_{n.op_type}_{j}"
             graph.node.insert(pos + j, n)
     return True
-
 
 
 def _int_tensor(name: str, values: np.ndarray, bits: int):

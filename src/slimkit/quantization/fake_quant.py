@@ -38,12 +38,15 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool, group_size: int 
     """
     _, hi = weight_range(bits, narrow)
     w = w.detach()
+    # max(-min, max) from one aminmax pass: no |w| temporary (this runs every QAT step).
+    # (wmin, wmax, not lo, hi: hi is the integer maximum the scale divides by.)
     if group_size is not None:
-        amax = _grouped(w, group_size).abs().amax(-1)
+        wmin, wmax = torch.aminmax(_grouped(w, group_size), dim=-1)
     elif per_channel and w.dim() > 1:
-        amax = w.reshape(w.shape[0], -1).abs().amax(1)
+        wmin, wmax = torch.aminmax(w.reshape(w.shape[0], -1), dim=1)
     else:
-        amax = w.abs().amax()
+        wmin, wmax = torch.aminmax(w)
+    amax = torch.maximum(-wmin, wmax)
     return torch.where(amax > 0, amax / hi, torch.ones_like(amax)).float()
 
 
@@ -74,7 +77,12 @@ class _FakeQuantSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scale, zero_point, lo, hi):
         # One new tensor, then in place: this runs on every activation at every step.
-        return (x / scale).round_().add_(zero_point).clamp_(lo, hi).sub_(zero_point).mul_(scale)
+        # round(x/s) + z clamped to [lo, hi], minus z == round(x/s) clamped to [lo-z, hi-z]
+        # (z is an integer): two passes fewer than adding and removing the zero point.
+        if isinstance(zero_point, torch.Tensor):
+            zero_point = zero_point.to(x.dtype)
+        lo, hi = lo - zero_point, hi - zero_point
+        return (x / scale).round_().clamp_(lo, hi).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):

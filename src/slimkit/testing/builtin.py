@@ -16,11 +16,6 @@ from slimkit.testing.entry import ConformanceEntry
 
 EPOCH = 45  # digits steps per epoch at batch 32
 
-# nn.MultiheadAttention calls F.multi_head_attention_forward with out_proj's weight directly,
-# so out_proj's forward (and the activation observers hooked on it) never runs: static
-# activation ranges for it are never calibrated and export refuses the model.
-_MHA_OUT_PROJ = ("static activation quantization never calibrates nn.MultiheadAttention's "
-                 "out_proj (its forward is bypassed by F.multi_head_attention_forward)")
 # One int8 output step: quantized arithmetic turns a last-bit float difference between
 # eager and torch.export (a dynamic scale computed in another order) into a whole step.
 _INT8_EXPORT_ATOL = 5e-3
@@ -70,8 +65,6 @@ BUILTIN_ENTRIES = [
         accuracy_budget=0.01,
         finetune_steps=0,
         export_atol=_INT8_EXPORT_ATOL,
-        known_failures={"torch_export-transformer": _MHA_OUT_PROJ,
-                        "onnx-transformer": _MHA_OUT_PROJ},
     ),
     ConformanceEntry(
         "quantization",
@@ -94,8 +87,6 @@ BUILTIN_ENTRIES = [
         accuracy_budget=0.01,
         finetune_steps=EPOCH,
         export_atol=_INT8_EXPORT_ATOL,
-        known_failures={"torch_export-transformer": _MHA_OUT_PROJ,
-                        "onnx-transformer": _MHA_OUT_PROJ},
     ),
 ]
 """One entry per built-in technique (quantization twice: static and dynamic mode)."""
