@@ -167,3 +167,37 @@ def test_codes_are_exact_for_every_layout(tmp_path):
     assert axes["rows"] == 0 and axes["cols"] == 1
     for name in ("rows", "cols", "flat"):
         assert torch.equal(state[name], getattr(model, name)), name
+
+
+def test_pruned_fp32_stores_mask_and_raw_nonzeros(seeded, tmp_path):
+    # 80% zeros, every other value distinct: coded mask + raw floats beats a codebook.
+    model = DigitsCNN()
+    sk.prune(model, sk.MagnitudePruningConfig(0.8))
+    path = sk.export_packed(model, tmp_path / "pruned.skpack")
+    header, _ = read_packed(path)
+    fc1 = next(t for t in header["tensors"] if t["name"] == "fc1.weight")
+    assert fc1["parts"][0]["values"] == "raw" and fc1["parts"][0]["mask_axis"] is not None
+    weights = sum(p.numel() for n, p in sk.strip(copy.deepcopy(model)).named_parameters()
+                  if n.endswith("weight"))
+    # 20% of the floats raw + ~0.72 bits of mask per weight (+ biases, header).
+    assert path.stat().st_size < 0.2 * weights * 4 + weights * 0.75 / 8 + 2500
+    assert_same_state(model, sk.load_packed(path, model=DigitsCNN()))
+
+
+def test_qat_negative_zeros_round_trip(seeded, digits, tmp_path):
+    # Dense QAT: small negative weights round to -0.0 in the baked float weight.
+    model = DigitsCNN()
+    sk.quantize(model, sk.QATConfig(), calibration=digits.calibration, progress=False)
+    baked = sk.strip(copy.deepcopy(model)).fc1.weight
+    assert bool(((baked == 0) & torch.signbit(baked)).any())
+    path = sk.export_packed(model, tmp_path / "qat.skpack")
+    header, _ = read_packed(path)
+    fc1 = next(t for t in header["tensors"] if t["name"] == "fc1.weight")
+    assert fc1["kind"] == "quantized"
+    assert [p["label"] for p in fc1["parts"]] == ["codes", "scale", "negative_zeros"]
+    assert path.stat().st_size < 0.3 * weights_bytes(model)
+    assert_same_state(model, sk.load_packed(path, model=DigitsCNN()))
+
+
+def weights_bytes(model) -> int:
+    return sum(p.numel() * 4 for p in model.parameters())

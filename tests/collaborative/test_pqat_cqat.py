@@ -56,3 +56,19 @@ def test_cqat_keeps_at_most_k_values(trained_digits, digits, tmp_path, per_chann
             assert len(np.unique(w)) <= 8, layer
     # Clustering and int8 together cost little on digits (baseline 0.978).
     assert ort_accuracy(path, digits) >= 0.95
+
+
+def test_clustering_before_pruning_ends_warns(trained_digits, digits):
+    # The schedule still raises sparsity after clustering starts: weights pruned later would
+    # keep their centroid in the weight the layer uses, so clustering says so.
+    spe = steps_per_epoch(digits)
+    model = copy.deepcopy(trained_digits)
+    sk.prune(model, sk.MagnitudePruningConfig(
+        sk.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=4 * spe, frequency=spe)))
+    with pytest.warns(UserWarning, match=r"conv1\.weight \(step 0, sparsity rises until step"):
+        sk.cluster(copy.deepcopy(model), sk.ClusteringConfig(16, preserve_sparsity=True))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refreshes move newly pruned weights to zero: no warning
+        sk.cluster(model, sk.ClusteringConfig(16, preserve_sparsity=True, refresh_every=10))

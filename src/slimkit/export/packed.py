@@ -146,15 +146,19 @@ def _plan(values: np.ndarray, shape: tuple, itemsize: int):
     if codebook.size > MAX_CODEBOOK:
         return None
     table = codebook.size * (itemsize + 2)
-    whole = _entropy_bits(counts) / 8 + table  # every value, zero included, by the codebook
-    best = (whole, None)
+    # Every value, zero included, by the codebook:
+    best = (_entropy_bits(counts) / 8 + table, None, "coded")
     if codebook[0] == 0 and codebook.size > 1:
-        rest = _entropy_bits(counts[1:]) / 8 + (codebook.size - 1) * (itemsize + 2)
+        nnz = n - int(counts[0])
+        # Non-zeros by the codebook, or raw when they are (nearly) all distinct (a pruned
+        # fp32 weight): a codebook of distinct floats costs more than the floats.
+        coded = _entropy_bits(counts[1:]) / 8 + (codebook.size - 1) * (itemsize + 2)
         for axis, mask_bytes in _mask_layouts(values, shape):
-            if mask_bytes + rest < best[0]:
-                best = (mask_bytes + rest, axis)
+            for cost, kind in ((coded, "coded"), (nnz * itemsize, "raw")):
+                if mask_bytes + cost < best[0]:
+                    best = (mask_bytes + cost, axis, kind)
     size = best[0] + 64  # stream tail and header entry, roughly
-    return None if size >= raw else {"mask_axis": best[1]}
+    return None if size >= raw else {"mask_axis": best[1], "values": best[2]}
 
 
 def _encode_symbols(values: np.ndarray, shape: tuple, plan: dict, coder) -> tuple[dict, list]:
@@ -162,13 +166,17 @@ def _encode_symbols(values: np.ndarray, shape: tuple, plan: dict, coder) -> tupl
     model = coder.model
     enc = coder.queue.RangeEncoder()
     axis = plan["mask_axis"]
-    meta, segments = {"mask_axis": axis}, []
+    meta, segments = {"mask_axis": axis, "values": plan["values"]}, []
     if axis is not None:
         nz = values != 0
         probs, p_levels = _mask_probabilities(nz, shape, axis)
         segments.append(p_levels.tobytes())
         enc.encode(nz.astype(np.int32), model.Bernoulli(perfect=False), probs)
         values = values[nz]
+    if plan["values"] == "raw":
+        segments.append(values.tobytes())
+        segments.append(enc.get_compressed().tobytes())
+        return meta, segments
     codebook, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
     levels = _levels(counts, _WEIGHT_LEVELS).astype(np.uint16)
     segments.append(codebook.tobytes())
@@ -213,6 +221,16 @@ def _decode_symbols(meta: dict, segments: list, n: int, shape: tuple, uint, code
     if axis is not None:
         p_levels = np.frombuffer(segments[k], dtype=np.uint8)
         k += 1
+    if meta.get("values") == "raw":
+        nonzero = np.frombuffer(segments[k], dtype=uint)
+        dec = coder.queue.RangeDecoder(np.frombuffer(segments[k + 1], dtype=np.uint32).copy())
+        nz = dec.decode(model.Bernoulli(perfect=False),
+                        _expand_probabilities(p_levels, shape, axis, n)).astype(bool)
+        if int(nz.sum()) != nonzero.size:
+            raise PackedFormatError("the zero mask does not match the stored non-zero values")
+        out = np.zeros(n, dtype=uint)
+        out[nz] = nonzero
+        return out
     codebook = np.frombuffer(segments[k], dtype=uint)
     levels = np.frombuffer(segments[k + 1], dtype=np.uint16)
     stream = np.frombuffer(segments[k + 2], dtype=np.uint32).copy()
@@ -246,12 +264,10 @@ def _quantized_weights(model: nn.Module) -> dict:
 
     The packed file stores a quantized weight as these (the codes of the int8 artifact): the
     per-channel floats ``q * scale`` have as many distinct values as (code, channel) pairs.
+    A small negative weight rounds to -0.0, which the integer 0 cannot say: those positions
+    are kept as a mask (usually empty), so the baked weight comes back bit for bit.
     """
-    from slimkit.quantization.fake_quant import (
-        WeightFakeQuant,
-        expand_scale,
-        quantize_weight,
-    )
+    from slimkit.quantization.fake_quant import WeightFakeQuant, quantize_weight
 
     out = {}
     for mname, tname, index, p in slim_parametrizations(model):
@@ -263,13 +279,24 @@ def _quantized_weights(model: nn.Module) -> dict:
             scale = p.scale(w)
             q = quantize_weight(w, scale, p.bits, p.group_size, p.narrow)
             baked = p(w)
-            rebuilt = q * expand_scale(scale, q, p.group_size)
-        if not torch.equal(_as_bits_tensor(rebuilt), _as_bits_tensor(baked)):
-            continue  # not exactly integer * scale: stored as plain values instead
-        key = f"{mname}.{tname}" if mname else tname
-        out[key] = {"q": q.to(torch.int8), "scale": scale.float(), "group_size": p.group_size,
-                    "dtype": baked.dtype}
+        info = {"q": q.to(torch.int8), "scale": scale.float(), "group_size": p.group_size,
+                "negative_zeros": (baked == 0) & torch.signbit(baked)}
+        if torch.equal(_as_bits_tensor(_rebuild(info, baked.dtype)), _as_bits_tensor(baked)):
+            out[f"{mname}.{tname}" if mname else tname] = info
+        # else: not exactly integer * scale: the weight is stored as plain values instead
     return out
+
+
+def _rebuild(info: dict, dtype: torch.dtype) -> torch.Tensor:
+    """``q * scale`` as the fake-quant computes it (float32 multiply), -0.0 restored."""
+    from slimkit.quantization.fake_quant import expand_scale
+
+    q = info["q"]
+    w = q.float().mul_(expand_scale(info["scale"], q, info["group_size"]))
+    neg = info.get("negative_zeros")
+    if neg is not None and bool(neg.any()):
+        w[neg] = -0.0
+    return w.to(dtype)
 
 
 def _as_bits_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -340,13 +367,13 @@ def _write_tensors(f, state: dict, quant: dict, coder) -> tuple[list, int]:
             continue
         seen[key] = name
         info = quant.get(name)
-        if info is not None and torch.equal(
-            _as_bits_tensor(info["q"].float().mul_(_expanded(info)).to(tensor.dtype)),
-            _as_bits_tensor(tensor),
-        ):
+        if info is not None and torch.equal(_as_bits_tensor(_rebuild(info, tensor.dtype)),
+                                            _as_bits_tensor(tensor)):
             entry["kind"] = "quantized"
             entry["group_size"] = info["group_size"]
             parts = [("codes", info["q"]), ("scale", info["scale"])]
+            if bool(info["negative_zeros"].any()):
+                parts.append(("negative_zeros", info["negative_zeros"]))
         else:
             entry["kind"] = "plain"
             parts = [("values", tensor)]
@@ -361,12 +388,6 @@ def _write_tensors(f, state: dict, quant: dict, coder) -> tuple[list, int]:
                 crc = zlib.crc32(segment, crc)
         entries.append(entry)
     return entries, crc
-
-
-def _expanded(info: dict) -> torch.Tensor:
-    from slimkit.quantization.fake_quant import expand_scale
-
-    return expand_scale(info["scale"], info["q"], info["group_size"])
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -465,12 +486,10 @@ def _decode_tensor(part: dict, segments: list, coder, name: str) -> torch.Tensor
 def _assemble(entry: dict, parts: dict) -> torch.Tensor:
     if entry["kind"] == "plain":
         return parts["values"]
-    from slimkit.quantization.fake_quant import expand_scale
-
-    q, scale = parts["codes"], parts["scale"]
+    info = {"q": parts["codes"], "scale": parts["scale"], "group_size": entry["group_size"],
+            "negative_zeros": parts.get("negative_zeros")}
     # The same float32 product the fake-quant computes: bit-identical to the baked weight.
-    w = q.float().mul_(expand_scale(scale, q, entry["group_size"]))
-    return w.to(_torch_dtype(entry["dtype"]))
+    return _rebuild(info, _torch_dtype(entry["dtype"]))
 
 
 def load_packed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
