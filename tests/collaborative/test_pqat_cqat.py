@@ -59,16 +59,19 @@ def test_cqat_keeps_at_most_k_values(trained_digits, digits, tmp_path, per_chann
 
 
 def test_clustering_before_pruning_ends_warns(trained_digits, digits):
-    # The schedule still raises sparsity after clustering starts: weights pruned later would
-    # keep their centroid in the weight the layer uses, so clustering says so.
+    # The schedule still raises sparsity while clustering trains: weights pruned later would
+    # keep their centroid in the weight the layer uses, so the first scheduler step says so.
+    import warnings
+
     spe = steps_per_epoch(digits)
     model = copy.deepcopy(trained_digits)
     sk.prune(model, sk.MagnitudePruningConfig(
         sk.PolynomialDecay(0.0, 0.8, begin_step=0, end_step=4 * spe, frequency=spe)))
-    with pytest.warns(UserWarning, match=r"conv1\.weight \(step 0, sparsity rises until step"):
-        sk.cluster(copy.deepcopy(model), sk.ClusteringConfig(16, preserve_sparsity=True))
-    import warnings
-
+    early = copy.deepcopy(model)
+    sk.cluster(early, sk.ClusteringConfig(16, preserve_sparsity=True))
+    with pytest.warns(UserWarning, match=r"conv1\.weight \(step 1, sparsity rises until step"):
+        sk.Scheduler(early).step()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # refreshes move newly pruned weights to zero: no warning
         sk.cluster(model, sk.ClusteringConfig(16, preserve_sparsity=True, refresh_every=10))
+        sk.Scheduler(model).step()

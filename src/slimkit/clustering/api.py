@@ -87,38 +87,6 @@ def _input_below(module: nn.Module, tname: str) -> torch.Tensor:
     return w
 
 
-def _warn_rising_sparsity(model: nn.Module, layers, config: ClusteringConfig) -> None:
-    """Warn when a pruning schedule below will still raise sparsity after clustering starts.
-
-    The cluster stage sits above the mask: without ``refresh_every`` its output comes from the
-    labels alone, so a weight the schedule prunes later stays on its centroid (non-zero) in
-    the weight the layer uses. With refreshes, newly zero weights join the zero centroid.
-    """
-    if config.refresh_every:
-        return
-    late = []
-    for mname, tname in layers:
-        module = get_module(model, mname)
-        if not parametrize.is_parametrized(module, tname):
-            continue
-        for q in module.parametrizations[tname]:
-            schedule = getattr(getattr(q, "config", None), "schedule", None)
-            if getattr(q, "stage", "") != "mask" or not hasattr(schedule, "sparsity"):
-                continue
-            step, end = int(q.step), getattr(schedule, "end_step", -1)
-            if end != -1 and step < end and schedule.sparsity(end) > schedule.sparsity(step):
-                late.append(f"{mname}.{tname} (step {step}, sparsity rises until step {end})")
-    if late:
-        warnings.warn(
-            "slimkit: weight clustering on weights whose pruning schedule has not finished: "
-            + "; ".join(late[:3]) + (f" and {len(late) - 3} more" if len(late) > 3 else "")
-            + ". Weights pruned from now on keep their centroid value; finish pruning first, "
-            "or set ClusteringConfig(refresh_every=...) so pruned weights join the zero "
-            "centroid (with preserve_sparsity=True).",
-            stacklevel=4,
-        )
-
-
 def _prepare(model: nn.Module, config: ClusteringConfig, layers) -> None:
     for mname, tname in layers:
         module = get_module(model, mname)
@@ -127,7 +95,6 @@ def _prepare(model: nn.Module, config: ClusteringConfig, layers) -> None:
         if not torch.is_floating_point(t):
             raise ValueError(f"{name} is {t.dtype}; weight clustering needs a floating-point weight")
         check_size(t, config, name)
-    _warn_rising_sparsity(model, layers, config)
     group = group_id(model, "cluster")
     for sites in expand_tied(model, layers):
         mname, tname = sites[0]

@@ -17,8 +17,11 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 
 from slimkit.clustering.codebook import as_rows, assign, label_dtype
 from slimkit.clustering.config import ClusteringConfig
@@ -127,6 +130,11 @@ class ClusterSnap(SlimParametrization):
     @classmethod
     def on_step(cls, model: nn.Module, sites: list) -> None:
         first = sites[0][3]
+        if not getattr(first, "_checked_masks", False):
+            # Checked on the first step, not at prepare: sk.load replays the records before
+            # the step counts are loaded, and masks only change while a scheduler steps.
+            first._checked_masks = True
+            warn_rising_sparsity(model, [(m, t) for m, t, _, _ in sites], first.config)
         every = first.config.refresh_every
         if not every or int(first.step) % every:
             return
@@ -136,3 +144,35 @@ class ClusterSnap(SlimParametrization):
                 continue
             seen.add(id(p))
             p.refresh(input_of(get_module(model, mname), tname, index))
+
+
+def warn_rising_sparsity(model: nn.Module, layers, config: ClusteringConfig) -> None:
+    """Warn when a pruning schedule below will still raise sparsity while clustering trains.
+
+    The cluster stage sits above the mask: without ``refresh_every`` its output comes from the
+    labels alone, so a weight the schedule prunes later stays on its centroid (non-zero) in
+    the weight the layer uses. With refreshes, newly zero weights join the zero centroid.
+    """
+    if config.refresh_every:
+        return
+    late = []
+    for mname, tname in layers:
+        module = get_module(model, mname)
+        if not parametrize.is_parametrized(module, tname):
+            continue
+        for q in module.parametrizations[tname]:
+            schedule = getattr(getattr(q, "config", None), "schedule", None)
+            if getattr(q, "stage", "") != "mask" or not hasattr(schedule, "sparsity"):
+                continue
+            step, end = int(q.step), getattr(schedule, "end_step", -1)
+            if end != -1 and step < end and schedule.sparsity(end) > schedule.sparsity(step):
+                late.append(f"{mname}.{tname} (step {step}, sparsity rises until step {end})")
+    if late:
+        warnings.warn(
+            "slimkit: weight clustering on weights whose pruning schedule has not finished: "
+            + "; ".join(late[:3]) + (f" and {len(late) - 3} more" if len(late) > 3 else "")
+            + ". Weights pruned from now on keep their centroid value; finish pruning first, "
+            "or set ClusteringConfig(refresh_every=...) so pruned weights join the zero "
+            "centroid (with preserve_sparsity=True).",
+            stacklevel=4,  # the caller of Scheduler.step()
+        )
