@@ -266,3 +266,20 @@ def test_prune_for_latency_applies_its_choice_and_reports(seeded):
         assert width == (full[name] // 2 if name in rep["ratios"] else full[name])
     assert rep["mac_reduction"] > 1.0 and rep["pruned_ms"] > 0 and rep["dense_ms"] > 0
     assert len(rep["group_savings"]) == 3
+
+
+def test_a_graph_torch_pruning_asserts_on_gets_a_value_error_and_stays_unchanged(seeded):
+    class StackedLSTM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(8, 16, num_layers=2, batch_first=True)
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0][:, -1])
+
+    model = StackedLSTM()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"Torch-Pruning cannot prune StackedLSTM: .*ignore="):
+        prune_channels(model, ChannelPruningConfig(ratio=0.5), example_inputs=torch.randn(2, 5, 8))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -304,3 +304,18 @@ def test_a_run_that_fails_exits_1(tmp_path, user_module):
     assert isinstance(result.exception, RuntimeError)
     assert "the loss is nan at step 0" in str(result.exception)
     assert not (tmp_path / "out" / "checkpoints" / "01-magnitude-pruning.pt").exists()
+
+
+def test_channel_pruning_stage_gets_the_tasks_example_inputs(tmp_path):
+    recipe = {"name": "channels-50", "task": "digits", "seed": 0,
+              "stages": [{"name": "channels", "technique": "channel-pruning", "epochs": 1,
+                          "lr": 1.0e-4, "config": {"ratio": 0.5}}]}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+    run_cli(str(path), "--out", str(out), "--max-steps", str(MAX_STEPS))
+    check_outputs(out, ["channels"])
+    shapes = {name: w.shape for name, w in kernels(out / "model.onnx").items()}
+    # Half of each conv's output channels are gone; the classifier keeps its 10 outputs.
+    convs = sorted(s for s in shapes.values() if len(s) == 4)
+    assert convs == [(16, 1, 3, 3), (32, 16, 3, 3)], shapes

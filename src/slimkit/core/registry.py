@@ -45,6 +45,10 @@ class Technique:
     ``structural``: the technique changes the architecture itself (e.g. channel pruning
     reshapes modules); its record survives ``sk.strip`` so a stripped model still saves and
     loads into a fresh instance of the original class.
+
+    ``apply(model, config, targets=, ignore=, example_inputs=)``: for a technique that is
+    not a per-weight preparation (channel pruning traces the model), what ``sk.apply`` calls
+    instead of selecting layers and running ``prepare``; it records itself.
     """
 
     name: str
@@ -57,6 +61,7 @@ class Technique:
     pre_export: Callable | None = None
     post_export: Callable | None = None
     structural: bool = False
+    apply: Callable[..., nn.Module] | None = None
 
     def __repr__(self) -> str:
         return f"Technique({self.name!r}, config={self.config_cls.__name__}, family={self.family!r})"
@@ -79,6 +84,7 @@ def register_technique(
     post_export: Callable | None = None,
     replace: bool = False,
     structural: bool = False,
+    apply: Callable[..., nn.Module] | None = None,
 ) -> Technique:
     """Register a technique under ``name`` (see the module docstring)."""
     if not isinstance(name, str) or not name:
@@ -92,7 +98,7 @@ def register_technique(
             "pick another name or pass replace=True"
         )
     tech = Technique(name, config_cls, prepare, select, family, description, source,
-                     pre_export, post_export, structural)
+                     pre_export, post_export, structural, apply)
     _TECHNIQUES[name] = tech
     return tech
 
@@ -109,7 +115,7 @@ def _load_entry_points() -> None:
                 register_technique(
                     obj.name, obj.config_cls, obj.prepare, select=obj.select, family=obj.family,
                     description=obj.description, source=ep.value, pre_export=obj.pre_export,
-                    post_export=obj.post_export, structural=obj.structural,
+                    post_export=obj.post_export, structural=obj.structural, apply=obj.apply,
                 )
             elif callable(obj):
                 obj()
@@ -147,11 +153,13 @@ def get_technique(key: str | Config) -> Technique:
     )
 
 
-def apply(model: nn.Module, config: Config, targets=None, ignore=None) -> nn.Module:
+def apply(model: nn.Module, config: Config, targets=None, ignore=None, *,
+          example_inputs=None) -> nn.Module:
     """Prepare ``model`` in place with the technique ``config`` belongs to; returns ``model``.
 
     The generic form of ``sk.prune`` / ``sk.cluster`` / ``sk.quantize``. The configuration and
     the exact layers are recorded on the model so ``sk.save`` / ``sk.load`` can replay them.
+    ``example_inputs`` reach techniques that trace the model (channel pruning).
 
     Example:
         >>> sk.apply(model, sk.MagnitudePruningConfig(0.5), ignore=["classifier"])
@@ -160,6 +168,9 @@ def apply(model: nn.Module, config: Config, targets=None, ignore=None) -> nn.Mod
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     tech = get_technique(config)
+    if tech.apply is not None:
+        return tech.apply(model, config, targets=targets, ignore=ignore,
+                          example_inputs=example_inputs)
     if tech.select is not None:
         layers = tech.select(model, config, targets, ignore)
     else:

@@ -331,6 +331,26 @@ def _where(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
+def _plan_on_copy(work: nn.Module, config: ChannelPruningConfig, inputs, tp) -> None:
+    """Build the dependency graph of ``work`` and prune it to the final ratio in one round."""
+    pruner = _pruner(work, config, inputs, tp.importance.MagnitudeImportance(p=2), 1)
+    if config.scope == "layer":
+        # Torch-Pruning silently skips a group whose target keeps no channel; say so instead.
+        for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                              root_module_types=pruner.root_module_types):
+            ratio = config.ratio
+            for dep, _ in group:
+                if (dep.target.module in pruner.pruning_ratio_dict
+                        and pruner.DG.is_out_channel_pruning_fn(dep.handler)):
+                    ratio = pruner.get_target_pruning_ratio(dep.target.module, step=1)
+            _check_keeps_a_channel(pruner, group[0].dep, 0, ratio, config)
+    groups = list(pruner.step(interactive=True))
+    for group in groups:
+        _check_keeps_a_channel(pruner, group[0].dep, len(group[0].idxs), None, config)
+    for group in groups:
+        group.prune()
+
+
 def _dry_run(model: nn.Module, config: ChannelPruningConfig, inputs) -> None:
     """Prune a copy to the final ratio and run it, so every error is raised before ``model``
     changes: removing a whole layer, an untraceable model, a pruned graph that fails to run."""
@@ -352,22 +372,17 @@ def _dry_run(model: nn.Module, config: ChannelPruningConfig, inputs) -> None:
             "the weights by autograd (an op such as .detach(), .item(), argmax or a numpy round "
             "trip breaks the graph)"
         )
-    pruner = _pruner(work, config, inputs, tp.importance.MagnitudeImportance(p=2), 1)
-    if config.scope == "layer":
-        # Torch-Pruning silently skips a group whose target keeps no channel; say so instead.
-        for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                              root_module_types=pruner.root_module_types):
-            ratio = config.ratio
-            for dep, _ in group:
-                if (dep.target.module in pruner.pruning_ratio_dict
-                        and pruner.DG.is_out_channel_pruning_fn(dep.handler)):
-                    ratio = pruner.get_target_pruning_ratio(dep.target.module, step=1)
-            _check_keeps_a_channel(pruner, group[0].dep, 0, ratio, config)
-    groups = list(pruner.step(interactive=True))
-    for group in groups:
-        _check_keeps_a_channel(pruner, group[0].dep, len(group[0].idxs), None, config)
-    for group in groups:
-        group.prune()
+    try:
+        _plan_on_copy(work, config, inputs, tp)
+    except ValueError:
+        raise
+    except Exception as e:
+        # Torch-Pruning stops on bare assertions for graphs it does not support (a stacked
+        # LSTM, for one): name the model, the failing spot and the way around it.
+        raise ValueError(
+            f"Torch-Pruning cannot prune {type(model).__name__}: {_where(e)}. Leave the "
+            "layers it cannot handle whole with ChannelPruningConfig(ignore=[...])"
+        ) from e
     try:
         with torch.no_grad():
             _call(work.eval(), inputs)
@@ -479,6 +494,28 @@ register_technique(
     description="The shapes left by channel pruning; rebuilt on a fresh model by sk.load.",
     structural=True,
 )
+def _apply(model, config: ChannelPruningConfig, *, targets=None, ignore=None,
+           example_inputs=None) -> nn.Module:
+    """``sk.apply`` of a ChannelPruningConfig (recipes use it): magnitude or BN-scale
+    importance, one call; Taylor importance and fine-tune rounds need sk.prune_channels."""
+    if example_inputs is None:
+        raise ValueError("channel pruning needs example inputs to trace the model: call "
+                         "sk.apply(model, config, example_inputs=x) or "
+                         "sk.prune_channels(model, config, example_inputs=x)")
+    if targets:
+        raise ValueError("channel pruning prunes every prunable layer; choose what stays "
+                         "whole with ignore= (ChannelPruningConfig.ignore), not targets=")
+    if ignore:
+        config = copy.deepcopy(config)
+        config.ignore = list(config.ignore) + list(
+            [ignore] if isinstance(ignore, str) else ignore)
+    if config.importance == "taylor":
+        raise ValueError("importance='taylor' needs a loss and batches: call "
+                         "sk.prune_channels(model, config, example_inputs=x, loss_fn=..., "
+                         "batches=...) (ChannelPruningConfig.importance)")
+    return prune_channels(model, config, example_inputs=example_inputs)
+
+
 register_technique(
     "channel-pruning",
     ChannelPruningConfig,
@@ -486,4 +523,5 @@ register_technique(
     select=_no_weight_layers,
     family="pruning",
     description="Remove channels / neurons with Torch-Pruning (sk.prune_channels).",
+    apply=_apply,
 )

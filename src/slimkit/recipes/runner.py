@@ -162,7 +162,8 @@ def _stage(model: nn.Module, phase: Phase, task: Task, n_phases: int, max_steps,
         raise RecipeError(source, [(f"{loc}.{where}", msg) for where, msg in e.problems]) \
             from None
     try:
-        sk.apply(model, config, targets=stage.targets, ignore=stage.ignore)
+        sk.apply(model, config, targets=stage.targets, ignore=stage.ignore,
+                 example_inputs=task.example_inputs)
         if stage.calibration_batches:
             batches = list(islice(iter(task.train_loader), stage.calibration_batches))
             sk.calibrate(model, batches, progress=False)
