@@ -10,52 +10,8 @@ import torch.nn as nn
 
 from slimkit.examples import DigitsCNN, load_digits_data, set_seed, train
 
-
-class Block(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.inner = nn.ModuleDict({"proj": nn.Linear(dim, dim), "norm": nn.LayerNorm(dim)})
-
-    def forward(self, x):
-        return x + torch.relu(self.inner["norm"](self.inner["proj"](x)))
-
-
-class SubclassedNet(nn.Module):
-    """Subclassed, nested, with a ModuleList and ModuleDict: not a sequential graph."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv1d(4, 8, 3, padding=1)
-        self.blocks = nn.ModuleList([Block(8 * 16) for _ in range(2)])
-        self.classifier = nn.Sequential(nn.Linear(8 * 16, 16), nn.ReLU(), nn.Linear(16, 5))
-
-    def forward(self, x):
-        h = torch.relu(self.stem(x)).flatten(1)
-        for b in self.blocks:
-            h = b(h)
-        return self.classifier(h)
-
-
-class LSTMNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lstm = nn.LSTM(8, 32, num_layers=2, batch_first=True)
-        self.head = nn.Linear(32, 4)
-
-    def forward(self, x):
-        out, _ = self.lstm(x)
-        return self.head(out[:, -1])
-
-
-class TransformerNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
-        self.head = nn.Linear(32, 3)
-
-    def forward(self, x):
-        return self.head(self.encoder(x).mean(1))
+# The model zoo of the conformance kit is also the tests' zoo (one definition of each).
+from slimkit.testing.zoo import Block, LSTMNet, SubclassedNet, TransformerNet  # noqa: F401
 
 
 class TiedLM(nn.Module):
