@@ -297,6 +297,7 @@ COLLABORATIVE_LABELS = {
     "qat-int8": "QAT int8",
     "pcqat": "PCQAT: prune 80% + cluster 16 + QAT int8, per-tensor scales (compact)",
     "pcqat-per-channel": "PCQAT, per-channel scales (compact)",
+    "pcqat-global": "PCQAT, 80% ranked over all four kernels (global), per-tensor scales (compact)",
 }
 
 
@@ -308,22 +309,31 @@ def collaborative_digits(data: dict, ref: dict) -> str:
         label = COLLABORATIVE_LABELS.get(variant, variant)
         if variant == "stretch-90-8" and "stretch" in data:
             st = data["stretch"]
-            label = (f"stretch: prune {st['sparsity']:.0%} + cluster {st['clusters']} + QAT int8 "
-                     "(compact)")
-        stages = [f"{k.removeprefix('overhead').lstrip('_') or 'stage'} {xstat(v[k])}"
-                  for k in v if k.startswith("overhead") and not k.endswith("_vs_finetune")]
+            scope = f", {st['scope']}" if st.get("scope") else ""
+            label = (f"stretch: prune {st['sparsity']:.0%}{scope} + cluster {st['clusters']} + "
+                     "QAT int8 (compact)")
+
+        def stages(suffix: str, v=v) -> str:
+            keys = [k for k in v if k.startswith("overhead") and k.endswith(suffix)
+                    and (suffix or not k.endswith("_vs_finetune"))]
+            names = [k.removeprefix("overhead").removesuffix(suffix).lstrip("_") or "stage"
+                     for k in keys]
+            return ", ".join(f"{n} {xstat(v[k])}" for n, k in zip(names, keys)) or "—"
+
         rows.append([label, stat(v["accuracy"]),
                      "—" if variant == "fp32" else pts(v["drop_points"]),
                      stat(v["sparsity"], 3), num(v["unique_per_channel"]["max"], 0),
                      xstat(v["raw_ratio"]), xstat(v["zip_ratio"]), xstat(v["packed_ratio"]),
-                     stat(v["packed_vs_bound"], 3), ", ".join(stages) or "—"])
+                     stat(v["packed_vs_bound"], 3), stages(""), stages("_vs_finetune")])
     note = f" Machine: {data['note']}." if data.get("note") else ""
     return (f"Collaborative optimization, digits task ({SEEDS}; distinct values = the most in "
             "one output channel of any kernel; packed = `sk.export_packed`, not zipped; "
-            "overhead = median seconds per epoch of each stage / median baseline epoch):\n\n"
+            "overhead per stage = median seconds per epoch of the stage / median baseline "
+            "epoch; paired = each stage epoch / the plain fp32 fine-tune epoch run right after "
+            "it, the figure less moved by machine load):\n\n"
             + table(["variant", "accuracy", "change (points)", "sparsity", "distinct values",
                      "raw smaller", "zipped smaller", "packed smaller vs zipped fp32",
-                     "packed / entropy bound", "overhead per stage"], rows)
+                     "packed / entropy bound", "overhead per stage", "overhead, paired"], rows)
             + "\n" + source_line("collaborative_digits", data, note.strip()))
 
 
