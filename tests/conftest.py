@@ -57,3 +57,17 @@ def trained_digits(digits):
 @pytest.fixture
 def baseline(trained_digits):
     return copy.deepcopy(trained_digits)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test on one intra-op thread (folders that want it make it autouse).
+
+    The test machine is shared: with 2 threads every parallel region waits for a core another
+    process holds (measured: a digits training step 4 ms -> 100+ ms), and bit-for-bit
+    comparisons with `slimkit run` subprocesses (OMP_NUM_THREADS=1) need the same count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -3,14 +3,9 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # The test machine is shared: with 2 intra-op threads, every parallel region waits for a
-    # core another process holds (measured: a digits training step 4 ms -> 100+ ms). One
-    # thread keeps the folder fast; results do not depend on the thread count we test.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    # tests/conftest.py's one_thread for every test here: results do not depend on the thread count we test.
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

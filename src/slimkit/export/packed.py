@@ -267,22 +267,14 @@ def _quantized_weights(model: nn.Module) -> dict:
     A small negative weight rounds to -0.0, which the integer 0 cannot say: those positions
     are kept as a mask (usually empty), so the baked weight comes back bit for bit.
     """
-    from slimkit.quantization.fake_quant import WeightFakeQuant, quantize_weight
+    from slimkit.quantization.fake_quant import quantized_weights
 
     out = {}
-    for mname, tname, index, p in slim_parametrizations(model):
-        if not isinstance(p, WeightFakeQuant):
-            continue
-        module = get_module(model, mname)
-        with torch.no_grad():
-            w = input_of(module, tname, index)
-            scale = p.scale(w)
-            q = quantize_weight(w, scale, p.bits, p.group_size, p.narrow)
-            baked = p(w)
+    for key, _module, p, q, scale, baked in quantized_weights(model):
         info = {"q": q.to(torch.int8), "scale": scale.float(), "group_size": p.group_size,
                 "negative_zeros": (baked == 0) & torch.signbit(baked)}
         if torch.equal(_as_bits_tensor(_rebuild(info, baked.dtype)), _as_bits_tensor(baked)):
-            out[f"{mname}.{tname}" if mname else tname] = info
+            out[key] = info
         # else: not exactly integer * scale: the weight is stored as plain values instead
     return out
 

@@ -21,10 +21,9 @@ import copy
 import warnings
 
 import numpy as np
-import torch
 import torch.nn as nn
 
-from slimkit.core.parametrize import get_module, input_of, slim_parametrizations
+from slimkit.core.parametrize import get_module
 from slimkit.quantization.activation import (
     INPUT,
     OUTPUT,
@@ -32,7 +31,7 @@ from slimkit.quantization.activation import (
     DynamicQuantizer,
     attach,
 )
-from slimkit.quantization.fake_quant import WeightFakeQuant, quantize_weight
+from slimkit.quantization.fake_quant import quantized_weights
 
 NOTES_KEY = "slimkit.quantization"
 
@@ -40,16 +39,7 @@ NOTES_KEY = "slimkit.quantization"
 def pre_export(model: nn.Module, ctx) -> None:
     notes = ctx.notes.setdefault(NOTES_KEY, {})
     weights = notes.setdefault("weights", {})
-    for mname, tname, index, p in slim_parametrizations(model):
-        if not isinstance(p, WeightFakeQuant):
-            continue
-        module = get_module(model, mname)
-        with torch.no_grad():
-            w = input_of(module, tname, index)
-            scale = p.scale(w)
-            q = quantize_weight(w, scale, p.bits, p.group_size, p.narrow)
-            baked = p(w)  # exactly what strip writes into the exported weight
-        key = f"{mname}.{tname}" if mname else tname
+    for key, module, p, q, scale, baked in quantized_weights(model):
         weights[key] = {
             "q": q.numpy().astype(np.int8), "scale": scale.numpy(), "baked": baked.numpy(),
             "bits": p.bits, "group_size": p.group_size, "narrow": p.narrow,

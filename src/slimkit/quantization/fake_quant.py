@@ -14,7 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from slimkit.core.parametrize import SlimParametrization
+from slimkit.core.parametrize import (
+    SlimParametrization,
+    get_module,
+    input_of,
+    slim_parametrizations,
+)
 
 
 def weight_range(bits: int, narrow: bool) -> tuple[int, int]:
@@ -157,3 +162,24 @@ def _activation_quantizers(model) -> list:
     from slimkit.quantization.activation import ActivationQuantizer
 
     return [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+
+
+def quantized_weights(model):
+    """Every fake-quantized weight as ``(key, module, p, q, scale, baked)``: its integers, its
+    scale and exactly what strip writes (``p(w)``), computed from the weight as it enters the
+    fake-quant stage. Export and the packed format both store these numbers.
+
+    Example:
+        >>> for key, module, p, q, scale, baked in quantized_weights(model):
+        ...     assert torch.equal(baked, q * expand_scale(scale, q, p.group_size))
+    """
+    for mname, tname, index, p in slim_parametrizations(model):
+        if not isinstance(p, WeightFakeQuant):
+            continue
+        module = get_module(model, mname)
+        with torch.no_grad():
+            w = input_of(module, tname, index)
+            scale = p.scale(w)
+            q = quantize_weight(w, scale, p.bits, p.group_size, p.narrow)
+            baked = p(w)
+        yield (f"{mname}.{tname}" if mname else tname), module, p, q, scale, baked
