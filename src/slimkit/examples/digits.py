@@ -69,6 +69,20 @@ class DigitsCNN(nn.Module):
         return self.fc2(x)
 
 
+def optimizer_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scheduler=None) -> None:
+    """One training update: backward, ``opt.step()``, then the slimkit scheduler (if any),
+    in the order slimkit expects (the scheduler after the optimizer, as torch's LR schedulers).
+
+    Example:
+        >>> optimizer_step(F.cross_entropy(model(x), y), opt, sk.Scheduler(model))
+    """
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
 def steps_per_epoch(data: DigitsData, batch_size: int = 32) -> int:
     return -(-len(data.x_train) // batch_size)
 
@@ -117,11 +131,7 @@ def train_with(model, data, opt, *, epochs, batch_size=32, seed=0, scheduler=Non
             for i in range(steps):
                 idx = order[i * batch_size:(i + 1) * batch_size]
                 loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if scheduler is not None:
-                    scheduler.step()
+                optimizer_step(loss, opt, scheduler)
                 bar.advance(task)
             times.append(time.perf_counter() - t0)
             if on_epoch_end is not None:

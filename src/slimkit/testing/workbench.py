@@ -24,7 +24,14 @@ from torch.utils import _pytree
 
 import slimkit as sk
 from slimkit.core.parametrize import slim_parametrizations
-from slimkit.examples import DigitsCNN, accuracy_eval, set_seed, steps_per_epoch, train
+from slimkit.examples import (
+    DigitsCNN,
+    accuracy_eval,
+    optimizer_step,
+    set_seed,
+    steps_per_epoch,
+    train,
+)
 from slimkit.testing.entry import ConformanceEntry, SampleData
 from slimkit.testing.zoo import ZooModel, digits
 
@@ -111,11 +118,7 @@ def train_steps(model: nn.Module, case: ZooModel, steps: int = _TRAIN_STEPS) -> 
     for _ in range(steps):
         out = [t for t in _pytree.tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
         loss = sum(F.mse_loss(t.float(), torch.randn(t.shape, generator=gen)) for t in out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
+        optimizer_step(loss, opt, sched)
     model.eval()
 
 
@@ -174,11 +177,7 @@ def finetune(model: nn.Module, opt: torch.optim.Optimizer, start: int, stop: int
     for step in range(start, stop):
         idx = batch_indices(step)
         loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
+        optimizer_step(loss, opt, sched)
     model.eval()
 
 
