@@ -130,6 +130,8 @@ def test_pcqat_example(pcqat_run):
     assert {a.dtype for a in ws.values()} == {np.dtype(np.int8)}
     for name, w in ws.items():
         assert abs(float((w == 0).mean()) - 0.8) < 2e-3, name  # sparsity survived 2 stages
+        # One int8 scale per layer: each shared value is one integer (zero among the 16).
+        assert len(np.unique(w)) <= 16, (name, len(np.unique(w)))
     cluster_row = report["stages"][2]
     assert all(layer["unique"] <= 16 for layer in cluster_row["layers"])
     assert report["baseline_over_final"]["zipped_bytes"] > 8.0
