@@ -71,3 +71,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def reload_mid_training(model, opt, path, lr: float = 1e-3):
+    """Save ``model`` with its Adam state, load both into a fresh DigitsCNN built from another
+    seed (so everything must come from the checkpoint); returns ``(model, optimizer)``."""
+    import slimkit as sk
+
+    sk.save(model, path, extra={"optimizer": opt.state_dict()})
+    torch.manual_seed(123)
+    fresh = sk.load(path, model=DigitsCNN())
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=lr)
+    fresh_opt.load_state_dict(fresh._slimkit_extra["optimizer"])
+    return fresh, fresh_opt
+
+
+def assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    """Every state_dict entry of ``a`` and ``b`` is bit-identical (same keys)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k

@@ -13,7 +13,7 @@ from slimkit.clustering import ClusteringConfig, ClusterSnap, cluster
 from slimkit.clustering.kmeans import INITS
 from slimkit.examples import DigitsCNN, train_with
 from slimkit.export import ort_session
-from tests.conftest import MODEL_CASES
+from tests.conftest import MODEL_CASES, assert_same_state, reload_mid_training
 
 KERNELS = ["conv1", "conv2", "fc1", "fc2"]
 
@@ -366,17 +366,9 @@ def test_resume_mid_fine_tune_is_bit_identical(tmp_path, digits):
     b = fresh()
     opt_b = torch.optim.Adam(b.parameters(), lr=1e-3)
     run(b, opt_b, epochs=2)  # stop at step 20: refreshes at 7 and 14 done, 21 and 28 to come
-    sk.save(b, tmp_path / "ckpt.pt", extra={"optimizer": opt_b.state_dict()})
+    c, opt_c = reload_mid_training(b, opt_b, tmp_path / "ckpt.pt")
     del b, opt_b
-
-    torch.manual_seed(123)  # a different init: everything must come from the checkpoint
-    c = sk.load(tmp_path / "ckpt.pt", model=DigitsCNN())
-    opt_c = torch.optim.Adam(c.parameters(), lr=1e-3)
-    opt_c.load_state_dict(c._slimkit_extra["optimizer"])
     run(c, opt_c, epochs=4, start=2)
 
-    sa, sc = a.state_dict(), c.state_dict()
-    assert sa.keys() == sc.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sc[k]), k
-    assert int(sc["fc1.parametrizations.weight.1.step"]) == 40
+    assert_same_state(a, c)
+    assert int(c.state_dict()["fc1.parametrizations.weight.1.step"]) == 40

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import slimkit as sk
 from slimkit.examples import DigitsCNN, train_with
-from tests.conftest import MODEL_CASES
+from tests.conftest import MODEL_CASES, assert_same_state, reload_mid_training
 
 
 def kernel_sparsity(w):
@@ -151,17 +151,9 @@ def test_resume_mid_schedule_is_bit_identical(tmp_path, digits):
     b = fresh()
     opt_b = torch.optim.Adam(b.parameters(), lr=1e-3)
     _run(b, small, opt_b, sk.Scheduler(b), epochs=2)  # stop at step 20 of 30
-    sk.save(b, tmp_path / "ckpt.pt", extra={"optimizer": opt_b.state_dict()})
+    c, opt_c = reload_mid_training(b, opt_b, tmp_path / "ckpt.pt")
     del b, opt_b
-
-    torch.manual_seed(123)  # a different init: everything must come from the checkpoint
-    c = sk.load(tmp_path / "ckpt.pt", model=DigitsCNN())
-    opt_c = torch.optim.Adam(c.parameters(), lr=1e-3)
-    opt_c.load_state_dict(c._slimkit_extra["optimizer"])
     _run(c, small, opt_c, sk.Scheduler(c), epochs=4, start=2)
 
-    sa, sc = a.state_dict(), c.state_dict()
-    assert sa.keys() == sc.keys()
-    for k in sa:
-        assert torch.equal(sa[k], sc[k]), k
-    assert int(sc["fc1.parametrizations.weight.0.step"]) == 40
+    assert_same_state(a, c)
+    assert int(c.state_dict()["fc1.parametrizations.weight.0.step"]) == 40
