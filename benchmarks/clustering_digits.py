@@ -35,7 +35,7 @@ from rich.table import Table
 
 import slimkit as sk
 from common import summary, write_results  # noqa: E402  (benchmarks/ is on sys.path)
-from slimkit.clustering import ClusteringConfig, cluster
+from slimkit.techniques.clustering import ClusteringConfig, cluster
 from slimkit.examples import (
     DigitsCNN,
     accuracy_eval,

@@ -39,7 +39,7 @@ from rich.table import Table
 
 import slimkit as sk
 from common import summary, write_results  # noqa: E402  (benchmarks/ is on sys.path)
-from slimkit.clustering import expand_compact
+from slimkit.techniques.clustering import expand_compact
 from slimkit.examples import (
     DigitsCNN,
     load_digits_data,

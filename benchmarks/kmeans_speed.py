@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from sklearn.cluster import KMeans
 
-from slimkit.clustering.kmeans import kmeans_1d, kmeans_1d_per_channel, sse
+from slimkit.techniques.clustering.kmeans import kmeans_1d, kmeans_1d_per_channel, sse
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "kmeans_speed.json"
 

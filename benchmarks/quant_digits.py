@@ -41,7 +41,7 @@ from slimkit.examples import (
 )
 from slimkit.export import ort_session
 from slimkit.metrics.sizes import file_size, zipped_size
-from slimkit.quantization import QATConfig, QuantizationConfig, quantize
+from slimkit.techniques.quantization import QATConfig, QuantizationConfig, quantize
 
 VARIANTS = ["fp32", "ptq_int8", "qat_int8", "weight_only_int4"]
 

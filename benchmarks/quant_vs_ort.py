@@ -36,7 +36,7 @@ from slimkit.examples.resnet import BottleneckResNet, randomize_batchnorm
 from slimkit.export import ort_session
 from slimkit.metrics.latency import cpu_session
 from slimkit.metrics.sizes import file_size
-from slimkit.quantization import QuantizationConfig, quantize
+from slimkit.techniques.quantization import QuantizationConfig, quantize
 
 SENTENCES = Path(__file__).parents[1] / "tests" / "data" / "sentences.txt"
 

@@ -38,8 +38,8 @@ from slimkit.core.io import atomic_path
 from slimkit.examples import DigitsCNN, evaluate, load_digits_data, set_seed, train
 from slimkit.examples.models import MobileNetV2Style, ResNetStyle, TransformerClassifier
 from slimkit.metrics.latency import cpu_session
-from slimkit.pruning import ChannelPruningConfig, count_macs, prune_channels
-from slimkit.pruning.latency import interleaved_ms
+from slimkit.techniques.pruning import ChannelPruningConfig, count_macs, prune_channels
+from slimkit.techniques.channel_pruning.latency import interleaved_ms
 
 MODELS = {
     "resnet-style 3x64x64": (ResNetStyle, lambda b: torch.randn(b, 3, 64, 64)),
@@ -104,7 +104,7 @@ def sparsity_latency(folder: Path, runs: int) -> list[dict]:
 
 
 def latency_policy(target: float) -> dict:
-    from slimkit.pruning.latency import prune_for_latency
+    from slimkit.techniques.channel_pruning.latency import prune_for_latency
 
     torch.manual_seed(0)
     model = ResNetStyle().eval()

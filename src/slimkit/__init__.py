@@ -8,7 +8,6 @@ Example:
 
 __version__ = "0.1.0"
 
-from slimkit.clustering import ClusteringConfig, cluster
 from slimkit.core import (
     Config,
     Scheduler,
@@ -23,20 +22,23 @@ from slimkit.core import (
     strip,
     techniques,
 )
+from slimkit.core.registry import register
+from slimkit.core.verbs import calibrate, cluster, prune, quantize
 from slimkit.export import ExportValidationError, export_onnx, export_packed, load_packed
 from slimkit.metrics import DeploymentReport, report
-from slimkit.pruning import (
-    ChannelPruningConfig,
+
+# The configs and helpers of the built-in techniques, re-exported as the public API. The
+# techniques themselves are registered through the slimkit.techniques entry points.
+from slimkit.techniques.channel_pruning import ChannelPruningConfig, prune_channels, prune_for_latency
+from slimkit.techniques.clustering import ClusteringConfig
+from slimkit.techniques.pruning import (
     ConstantSparsity,
     MagnitudePruningConfig,
     PolynomialDecay,
     PruningSchedule,
     check_sparsity,
-    prune,
-    prune_channels,
-    prune_for_latency,
 )
-from slimkit.quantization import QATConfig, QuantizationConfig, calibrate, quantize
+from slimkit.techniques.quantization import QATConfig, QuantizationConfig
 
 __all__ = [
     "ChannelPruningConfig",
@@ -67,6 +69,7 @@ __all__ = [
     "prune_for_latency",
     "quantize",
     "records",
+    "register",
     "register_technique",
     "register_weights",
     "report",

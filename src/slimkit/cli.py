@@ -7,7 +7,7 @@ Example:
     $ slimkit demo                # or: slimkit demo --quick (about 10 s)
     $ slimkit techniques
     $ slimkit report model.onnx --batch-size 32 --json report.json
-    $ slimkit check-sparsity model.onnx --pattern 2:4
+    $ slimkit check-sparsity model.onnx --pattern 2:4     # contributed by magnitude pruning
     $ slimkit run --example pcqat --out runs/pcqat      # or: slimkit run my-recipe.yaml
 """
 
@@ -24,7 +24,36 @@ class _BadInput(click.ClickException):
     exit_code = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The built-in commands plus those every registered technique contributes
+    (``Technique.cli_commands``, e.g. magnitude pruning's ``check-sparsity``)."""
+
+    def _technique_commands(self) -> dict:
+        if not hasattr(self, "_contributed"):
+            from slimkit.core.registry import techniques
+
+            self._contributed = {}
+            for tech in techniques():
+                for cmd in tech.cli_commands():
+                    if cmd.name in self.commands or cmd.name in self._contributed:
+                        continue  # a built-in name wins; the first technique keeps a name
+                    self._contributed[cmd.name] = cmd
+        return self._contributed
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self._technique_commands()))
+
+    def get_command(self, ctx, name):
+        return super().get_command(ctx, name) or self._technique_commands().get(name)
+
+
+def _example_recipes() -> str:
+    from slimkit.recipes import examples
+
+    return ", ".join(examples())
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="slimkit")
 def main() -> None:
     """slimkit: make trained PyTorch models smaller and faster, and prove it."""
@@ -95,36 +124,12 @@ def report(path, batch_size, threads, runs, no_memory, layers, json_path) -> Non
         rep.to_json(json_path)
 
 
-@main.command("check-sparsity")
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--pattern", default="2:4", show_default=True, help="N:M pattern to check.")
-def check_sparsity(path, pattern) -> None:
-    """Check that every Conv/Gemm/MatMul weight of an ONNX file keeps at most N of every M
-    inputs non-zero. Exit 0: every checked weight satisfies it; 1: some weight violates it
-    (or none could be checked); 2: bad input."""
-    from slimkit.pruning.nm import check_sparsity as check
-
-    try:
-        result = check(path, pattern)
-    except (FileNotFoundError, ValueError) as e:
-        raise _BadInput(str(e)) from e
-    console = Console()
-    console.print(result.table())
-    bad = [w.name for w in result.checked if w.status != "ok"]
-    if not result.checked:
-        console.print(f"no weight could be checked against {result.pattern}")
-        sys.exit(1)
-    if bad:
-        console.print(f"{len(bad)} of {len(result.checked)} weight(s) violate {result.pattern}")
-        sys.exit(1)
-    console.print(f"all {len(result.checked)} checked weight(s) satisfy {result.pattern}")
-
-
 @main.command()
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False))
 @click.option("--example", default=None,
-              help="Run a shipped example recipe instead of a file: prune-80, cluster-16, "
-                   "qat-int8 or pcqat.")
+              help="Run a shipped example recipe instead of a file (slimkit run --list-examples "
+                   "names them).")
+@click.option("--list-examples", is_flag=True, help="List the shipped example recipes and exit.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder: checkpoints, stages/, model.onnx, report.json, report.md, "
                    "plots. A folder holding checkpoints of the same run resumes from the last "
@@ -133,10 +138,13 @@ def check_sparsity(path, pattern) -> None:
               help="Short run: at most N optimizer steps per training phase; config values "
                    "written in epochs shrink to fit (for tests and trials).")
 @click.option("--check", is_flag=True, help="Validate the recipe and print its plan; run nothing.")
-def run(recipe, example, out, max_steps, check) -> None:
+def run(recipe, example, list_examples, out, max_steps, check) -> None:
     """Run a YAML recipe: its stages of techniques in order, a checkpoint after each, then the
     ONNX artifact, report.json, report.md and plots (see docs/recipes.md). Exit 0: done;
     1: the run failed; 2: bad recipe or options (every problem of a recipe is listed)."""
+    if list_examples:
+        click.echo(_example_recipes())
+        return
     from slimkit.recipes import RecipeError
     from slimkit.recipes.command import run_command
 

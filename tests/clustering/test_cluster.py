@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 import slimkit as sk
-from slimkit.clustering import ClusteringConfig, ClusterSnap, cluster
-from slimkit.clustering.kmeans import INITS
+from slimkit.techniques.clustering import ClusteringConfig, ClusterSnap, cluster
+from slimkit.techniques.clustering.kmeans import INITS
 from slimkit.examples import DigitsCNN, train_with
 from slimkit.export import ort_session
 from tests.conftest import MODEL_CASES, assert_same_state, reload_mid_training

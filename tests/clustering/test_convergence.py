@@ -5,7 +5,7 @@ import pytest
 from onnx import numpy_helper
 
 import slimkit as sk
-from slimkit.clustering import ClusteringConfig, cluster
+from slimkit.techniques.clustering import ClusteringConfig, cluster
 from slimkit.examples import accuracy_eval, train
 from slimkit.metrics import zipped_size
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from slimkit.clustering.kmeans import INITS, kmeans_1d, kmeans_1d_per_channel, sse
+from slimkit.techniques.clustering.kmeans import INITS, kmeans_1d, kmeans_1d_per_channel, sse
 
 
 def randn(n: int, seed: int = 0) -> np.ndarray:
@@ -114,7 +114,7 @@ def test_adjacent_float32_values_each_keep_their_own_centroid():
 def test_labelling_grid_matches_binary_search_on_adversarial_values(dtype):
     # Internal fast path of the final labelling pass; values sit on midpoints, on grid cell
     # edges and one ulp either side of both, where rounding errors would show.
-    from slimkit.clustering.kmeans import _LABEL_CELLS, _label_values
+    from slimkit.techniques.clustering.kmeans import _LABEL_CELLS, _label_values
 
     for seed in range(40):
         rng = np.random.default_rng(seed)

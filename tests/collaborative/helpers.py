@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from slimkit.clustering import expand_compact
+from slimkit.techniques.clustering import expand_compact
 from slimkit.export import ort_session
 
 KERNELS = ("conv1", "conv2", "fc1", "fc2")

@@ -7,7 +7,7 @@ from torch.nn.utils import parametrize
 
 import slimkit as sk
 from slimkit.core.parametrize import SlimParametrization, register, strip_innermost
-from slimkit.pruning import PruningMask
+from slimkit.techniques.pruning import PruningMask
 from tests.conftest import TiedLM
 
 

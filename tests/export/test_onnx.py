@@ -50,11 +50,12 @@ def test_disagreeing_runtime_output_refuses_to_write(tmp_path, monkeypatch):
 
 
 def test_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
-    def interrupted(model, inputs, tmp, *args):
+    # The proto is rewritten in memory and written once: interrupt that write half-way.
+    def interrupted(proto, tmp):
         tmp.write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(onnx_export, "_export", interrupted)
+    monkeypatch.setattr(onnx_export, "save_proto", interrupted)
     (tmp_path / "m.onnx").write_bytes(b"old")
     with pytest.raises(KeyboardInterrupt):
         sk.export_onnx(small_model(), tmp_path / "m.onnx", example_inputs=torch.randn(2, 6))

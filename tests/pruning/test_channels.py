@@ -10,8 +10,8 @@ import slimkit as sk
 from slimkit.examples import DigitsCNN, accuracy_eval, train
 from slimkit.examples.models import MobileNetV2Style, ResNetStyle, TransformerClassifier
 from slimkit.export import ort_session
-from slimkit.pruning import ChannelPruningConfig, count_macs, prune_channels
-from slimkit.pruning.channels import output_layer
+from slimkit.techniques.pruning import ChannelPruningConfig, count_macs, prune_channels
+from slimkit.techniques.channel_pruning.channels import output_layer
 
 # model class, example input, output layer, the least MAC reduction at 50% channels
 MODELS = {
@@ -234,7 +234,7 @@ def test_digits_half_channels_fine_tuned_keeps_ort_accuracy(baseline, digits, tm
 
 
 def test_latency_policy_greedy_choice_is_cheapest_per_importance():
-    from slimkit.pruning.latency import _choose
+    from slimkit.techniques.channel_pruning.latency import _choose
 
     groups = [("a", torch.ones(8)), ("b", torch.ones(8))]
     # measured shares of the dense time saved by pruning one group alone
@@ -248,7 +248,7 @@ def test_latency_policy_greedy_choice_is_cheapest_per_importance():
 
 
 def test_prune_for_latency_applies_its_choice_and_reports(seeded):
-    from slimkit.pruning.latency import prune_for_latency
+    from slimkit.techniques.channel_pruning.latency import prune_for_latency
 
     model = DigitsCNN().eval()
     x = torch.randn(128, 1, 8, 8)

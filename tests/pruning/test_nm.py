@@ -10,8 +10,8 @@ import slimkit as sk
 from slimkit.cli import main
 from slimkit.examples import DigitsCNN
 from slimkit.examples.models import ResNetStyle
-from slimkit.pruning import check_sparsity, prune_channels
-from slimkit.pruning.channels import ChannelPruningConfig
+from slimkit.techniques.pruning import check_sparsity, prune_channels
+from slimkit.techniques.channel_pruning.channels import ChannelPruningConfig
 
 
 def groups_of(w: torch.Tensor, m: int = 4) -> torch.Tensor:

@@ -1,7 +1,7 @@
 import pytest
 
 import slimkit as sk
-from slimkit.quantization import QATConfig, QuantizationConfig
+from slimkit.techniques.quantization import QATConfig, QuantizationConfig
 
 
 def test_defaults_are_u8s8_per_channel_narrow():

@@ -11,7 +11,7 @@ import torch.nn as nn
 from onnx import numpy_helper
 
 import slimkit as sk
-from slimkit.quantization import QuantizationConfig, quantize
+from slimkit.techniques.quantization import QuantizationConfig, quantize
 from tests.quantization.conftest import optimized_ops, ort_logits
 
 

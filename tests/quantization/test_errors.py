@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from slimkit.examples import DigitsCNN
-from slimkit.quantization import QuantizationConfig, quantize
+from slimkit.techniques.quantization import QuantizationConfig, quantize
 
 
 def test_calibration_with_the_wrong_shape_names_the_shape():

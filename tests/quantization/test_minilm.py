@@ -10,7 +10,7 @@ import torch
 
 import slimkit as sk
 from slimkit.examples.minilm import load_minilm, minilm_available, tokenize
-from slimkit.quantization import QuantizationConfig, quantize
+from slimkit.techniques.quantization import QuantizationConfig, quantize
 from tests.quantization.conftest import optimized_ops
 
 pytestmark = pytest.mark.skipif(not minilm_available(),

@@ -13,8 +13,8 @@ from onnx import numpy_helper
 
 import slimkit as sk
 from slimkit.examples import evaluate
-from slimkit.quantization import QuantizationConfig, calibrate, quantize
-from slimkit.quantization.graph import fold_batchnorm
+from slimkit.techniques.quantization import QuantizationConfig, calibrate, quantize
+from slimkit.techniques.quantization.graph import fold_batchnorm
 from tests.quantization.conftest import optimized_ops, ort_accuracy, ort_logits
 
 

@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 import slimkit as sk
 from slimkit.examples import DigitsCNN, steps_per_epoch, train, train_with
-from slimkit.quantization import QATConfig, quantize
+from slimkit.techniques.quantization import QATConfig, quantize
 from tests.quantization.conftest import optimized_ops, ort_accuracy
 
 

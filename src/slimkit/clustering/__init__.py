@@ -1,18 +1,18 @@
-"""Clustering: k-means weight sharing with trainable centroids, per-channel and
-sparsity-preserving variants, and a compact ONNX export (uint8 indices + codebook)."""
+"""Deprecated import path: ``slimkit.clustering`` moved to ``slimkit.techniques.clustering``.
 
-from slimkit.clustering.api import cluster
-from slimkit.clustering.compact import compact_initializers, expand_compact
-from slimkit.clustering.config import ClusteringConfig
-from slimkit.clustering.kmeans import kmeans_1d, kmeans_1d_per_channel
-from slimkit.clustering.snap import ClusterSnap
+Kept for one release (removed in 0.3): the names and sub-modules are the new ones, so
+``isinstance`` checks and configs agree whichever path imported them.
+"""
 
-__all__ = [
-    "ClusterSnap",
-    "ClusteringConfig",
-    "cluster",
-    "compact_initializers",
-    "expand_compact",
-    "kmeans_1d",
-    "kmeans_1d_per_channel",
-]
+import importlib as _importlib
+import sys as _sys
+import warnings as _warnings
+
+from slimkit.techniques.clustering import *  # noqa: F401,F403
+
+_warnings.warn("slimkit.clustering moved to slimkit.techniques.clustering; the old path is removed in 0.3",
+               DeprecationWarning, stacklevel=2)
+
+_MOVED = {'api': 'slimkit.techniques.clustering.api', 'codebook': 'slimkit.techniques.clustering.codebook', 'compact': 'slimkit.storage.codebook', 'config': 'slimkit.techniques.clustering.config', 'kmeans': 'slimkit.techniques.clustering.kmeans', 'snap': 'slimkit.techniques.clustering.snap'}
+for _name, _target in _MOVED.items():
+    _sys.modules[f"{__name__}.{_name}"] = _importlib.import_module(_target)

@@ -31,6 +31,18 @@ def config_type(name: str) -> type[Config]:
         ) from None
 
 
+class ConfigError(ValueError):
+    """A config field has a value the config does not accept.
+
+    ``config`` is the config class name, ``field`` the field: tools (recipe validation) read
+    these instead of parsing the message.
+    """
+
+    def __init__(self, message: str, *, config: str, field: str):
+        super().__init__(message)
+        self.config, self.field = config, field
+
+
 class Config:
     """Base of every slimkit config. Subclasses are ``@dataclass``es.
 
@@ -50,9 +62,12 @@ class Config:
         """Raise ``ValueError`` naming ``field`` unless ``ok``."""
         if not ok:
             value = getattr(self, field, None)
-            raise ValueError(
-                f"{field} must be {accepted}, got {value!r} ({type(self).__name__}.{field})"
-            )
+            self._fail(field, f"{field} must be {accepted}, got {value!r}")
+
+    def _fail(self, field: str, message: str) -> None:
+        """Raise :class:`ConfigError` for ``field`` (the message gets ``(Config.field)``)."""
+        raise ConfigError(f"{message} ({type(self).__name__}.{field})",
+                          config=type(self).__name__, field=field)
 
     # -- serialization ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

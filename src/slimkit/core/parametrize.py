@@ -1,13 +1,14 @@
 """Stacked parametrizations: register in stage order, find tied weights, strip.
 
-Weight techniques are ``torch.nn.utils.parametrize`` parametrizations stacked in a fixed
-order: mask (pruning) -> cluster snap -> fake-quant. :func:`register` inserts a new
-parametrization at its stage's place whatever order techniques are applied in, and gives every
+Weight techniques are ``torch.nn.utils.parametrize`` parametrizations stacked in stage order
+(:mod:`slimkit.core.stages`; the built-in techniques use mask 100, cluster 200 and quant 300).
+:func:`register` inserts a new parametrization at its stage's place whatever order techniques
+are applied in, and gives every
 module that shares the same ``Parameter`` (tied weights) the same parametrization object, so
 the tie survives both training and :func:`strip`.
 
 Example:
-    >>> register(model, [("fc", "weight")], PruningMask(model.fc.weight))
+    >>> register(model, [("fc", "weight")], MyMask(model.fc.weight))
     >>> strip(model)          # plain weights again, masked entries exactly zero
 """
 
@@ -19,30 +20,24 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-STAGES = {"mask": 0, "cluster": 1, "quant": 2}
+from slimkit.core.stages import stage_order
+from slimkit.core.state import SlimState
 
 
-class SlimParametrization(nn.Module):
+class SlimParametrization(SlimState, nn.Module):
     """Base of slimkit's parametrizations.
 
-    ``stage`` places it in the stack (see ``STAGES``). A parametrization with a ``step``
-    buffer is advanced by :class:`slimkit.Scheduler`; ``group`` ties together the
-    parametrizations created by one call (e.g. global pruning ranks them jointly).
+    ``stage`` (a registered stage name, see :mod:`slimkit.core.stages`) places it in the
+    stack. A parametrization with a ``step`` buffer is advanced by :class:`slimkit.Scheduler`;
+    ``group`` ties together the parametrizations created by one call (e.g. global pruning
+    ranks them jointly). Statistics, sync rules and ``on_step`` come from :class:`SlimState`.
     """
 
-    stage: str = "mask"
+    stage: str = ""
 
     def __init__(self, group: str = ""):
         super().__init__()
         self.group = group
-
-    @classmethod
-    def on_step(cls, model: nn.Module, sites: list) -> None:
-        """Called by :class:`slimkit.Scheduler` after the ``step`` buffers advanced.
-
-        ``sites`` lists ``(module_name, tensor_name, index, p)`` for every parametrization of
-        this class and group, so a group can be updated jointly. Default: nothing to do.
-        """
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
@@ -121,7 +116,7 @@ def _watch_rnn(module: nn.Module) -> None:
 
 def register(model: nn.Module, sites: list[tuple[str, str]], p: SlimParametrization) -> None:
     """Register ``p`` on every site (module name, tensor name) at the place its stage dictates."""
-    order = STAGES[p.stage]
+    order = stage_order(p.stage)
     for mname, tname in sites:
         module = get_module(model, mname)
         _own_class(module)
@@ -130,7 +125,7 @@ def register(model: nn.Module, sites: list[tuple[str, str]], p: SlimParametrizat
             parametrize.register_parametrization(module, tname, p)
             continue
         plist = module.parametrizations[tname]
-        stages = [STAGES.get(getattr(q, "stage", "quant"), 2) for q in plist]
+        stages = [_order_of(q, mname, tname) for q in plist]
         if order in stages:
             raise ValueError(
                 f"{mname or 'model'}.{tname} already has a {p.stage} parametrization "
@@ -141,6 +136,14 @@ def register(model: nn.Module, sites: list[tuple[str, str]], p: SlimParametrizat
             parametrize.register_parametrization(module, tname, p)
         else:
             plist.insert(pos, p)
+
+
+def _order_of(q: nn.Module, mname: str, tname: str) -> float:
+    # A parametrization that is not slimkit's (torch's weight_norm, orthogonal, ...) is part
+    # of how the model defines its weight: slimkit's stages all run after it.
+    if not isinstance(q, SlimParametrization):
+        return float("-inf")
+    return stage_order(q.stage)
 
 
 def slim_parametrizations(model: nn.Module) -> Iterator[tuple[str, str, int, SlimParametrization]]:
@@ -191,9 +194,15 @@ def strip(model: nn.Module) -> nn.Module:
         if isinstance(module, nn.RNNBase):
             module._init_flat_weights()
     if hasattr(model, "_slimkit_records"):
-        # Records of structural techniques (e.g. channel pruning) describe the stripped model
-        # too: keep them so it still saves and loads into a fresh original model.
-        kept = [r for r in model._slimkit_records if r.get("structural")]
+        # Records whose technique's state outlives stripping (a structural change of shapes,
+        # activation quantizers that stay as modules) describe the stripped model too: keep
+        # them, marked, so it still saves, loads into a fresh model and exports the same way.
+        from slimkit.core.registry import get_technique
+
+        kept = []
+        for r in model._slimkit_records:
+            if get_technique(r["technique"]).survives_strip(r):
+                kept.append({**r, "stripped": True})
         if kept:
             object.__setattr__(model, "_slimkit_records", kept)
         else:

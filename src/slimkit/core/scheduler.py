@@ -1,8 +1,9 @@
 """``sk.Scheduler``: advances every scheduled technique by one training step.
 
 Call ``scheduler.step()`` after ``optimizer.step()``, as with ``torch.optim.lr_scheduler``.
-The scheduler itself holds no state: each parametrization keeps its step count in a buffer,
-so a checkpoint of the model (``sk.save``) resumes every schedule exactly where it stopped.
+The scheduler itself holds no state: each state object (a parametrization or a stateful
+module such as an activation quantizer, see :mod:`slimkit.core.state`) keeps its step count
+in a buffer, so a checkpoint of the model (``sk.save``) resumes every schedule exactly.
 
 Example:
     >>> scheduler = sk.Scheduler(model)
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from slimkit.core.parametrize import slim_parametrizations
+from slimkit.core.state import slim_states
 
 
 class Scheduler:
-    """Steps the schedules of all slimkit parametrizations in ``model``."""
+    """Steps the schedules of all slimkit state objects in ``model``."""
 
     def __init__(self, model: nn.Module):
         if not isinstance(model, nn.Module):
@@ -37,11 +38,12 @@ class Scheduler:
         # bookkeeping itself on small models. Re-scan when techniques were added or stripped.
         groups: dict[tuple, list] = {}
         unique = {}
-        for mname, tname, index, p in slim_parametrizations(self.model):
+        for site in slim_states(self.model):
+            p = site.state
             if not hasattr(p, "step"):
                 continue
             unique[id(p)] = p
-            groups.setdefault((type(p), p.group), []).append((mname, tname, index, p))
+            groups.setdefault((type(p), getattr(p, "group", "")), []).append(site)
         self._stepped = list(unique.values())
         self._groups = list(groups.items())
         self._key = self._state_key()

@@ -13,43 +13,19 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import copy
+import io
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils import _pytree
-
+from slimkit.core.batch import call_model, check_inputs, describe, flatten_outputs, input_tensors
 from slimkit.core.io import atomic_path
-from slimkit.core.parametrize import strip
 from slimkit.core.records import records
-
-
-@dataclass
-class ExportContext:
-    """What a technique's export hooks see and may adjust.
-
-    ``compact``: the caller asked for the compact form (e.g. clustered weights as uint8
-    indices + codebook). ``atol`` / ``rtol``: the validation tolerance; a hook may widen it
-    with :meth:`suggest_tolerance` (quantized arithmetic differs from float by design) unless
-    the caller set one explicitly. ``records``: the techniques applied to the model.
-    """
-
-    compact: bool = False
-    atol: float = 1e-4
-    rtol: float = 1e-3
-    user_tolerance: bool = False
-    records: list = field(default_factory=list)
-    notes: dict = field(default_factory=dict)
-
-    def suggest_tolerance(self, atol: float, rtol: float) -> None:
-        if not self.user_tolerance:
-            self.atol, self.rtol = max(self.atol, atol), max(self.rtol, rtol)
+from slimkit.export.pipeline import ExportContext, deployable, finish
 
 
 class ExportValidationError(RuntimeError):
@@ -63,35 +39,27 @@ class ExportValidationError(RuntimeError):
 
 def as_input_tuple(example_inputs) -> tuple:
     """Normalise ``example_inputs`` (a tensor, or a tuple/list of tensors) to a tuple."""
-    if example_inputs is None:
-        raise ValueError("example_inputs is required: a tensor or a tuple of tensors the model takes")
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (tuple, list)) and all(
-        isinstance(x, torch.Tensor) for x in example_inputs
-    ):
-        return tuple(example_inputs)
-    raise TypeError(
-        "example_inputs must be a tensor or a tuple of tensors, got "
-        f"{type(example_inputs).__name__}"
-    )
+    inputs = check_inputs(example_inputs)
+    if isinstance(inputs, dict):
+        raise TypeError("expected a tensor or a tuple of tensors here, got a dict")
+    return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
 def _shapes(inputs) -> str:
-    return ", ".join(str(tuple(x.shape)) for x in inputs)
+    return describe(inputs)
 
 
-def run_torch(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
-    """Run ``model`` on ``inputs`` and return its outputs flattened to a list of tensors."""
+def run_torch(model: nn.Module, inputs) -> list[torch.Tensor]:
+    """Run ``model`` on model inputs and return its outputs flattened to a list of tensors."""
     try:
         with torch.no_grad():
-            out = model(*inputs)
+            out = call_model(model, inputs)
     except Exception as e:
         raise ValueError(
             f"example_inputs do not fit {type(model).__name__}: got input shape(s) "
             f"{_shapes(inputs)}; the model raised {type(e).__name__}: {e}"
         ) from e
-    leaves = [t for t in _pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    leaves = flatten_outputs(out)
     if not leaves:
         raise ValueError(f"{type(model).__name__} returned no tensor to export")
     return leaves
@@ -112,8 +80,13 @@ def _quiet_exporter():
         logger.setLevel(level)
 
 
-def _tile_batch(inputs: tuple, n: int) -> tuple:
-    return tuple(x.repeat(n, *([1] * (x.dim() - 1))) if x.dim() > 0 else x for x in inputs)
+def _tile_batch(inputs, n: int):
+    def tile(x):
+        return x.repeat(n, *([1] * (x.dim() - 1))) if x.dim() > 0 else x
+
+    if isinstance(inputs, dict):
+        return {k: tile(v) for k, v in inputs.items()}
+    return tuple(tile(x) for x in inputs)
 
 
 def export_onnx(
@@ -153,7 +126,9 @@ def export_onnx(
     path = Path(path)
     if path.suffix != ".onnx":
         raise ValueError(f"path must end in .onnx, got {str(path)!r}")
-    inputs = as_input_tuple(example_inputs)
+    inputs = check_inputs(example_inputs)
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
     ctx = ExportContext(
         compact=compact,
         atol=1e-4 if atol is None else atol,
@@ -161,75 +136,82 @@ def export_onnx(
         user_tolerance=atol is not None or rtol is not None,
         records=records(model),
     )
-    hooks = _techniques_of(ctx.records)
-    work = copy.deepcopy(model)
-    for tech in hooks:
-        if tech.pre_export is not None:
-            tech.pre_export(work, ctx)
-    plain = strip(work).eval()
-    for p in plain.parameters():
-        p.requires_grad_(False)
+    plain = deployable(model, ctx)
     reference = run_torch(plain, inputs)
-    in_names = input_names or (["input"] if len(inputs) == 1 else [f"input_{i}" for i in range(len(inputs))])
+    tensors = input_tensors(inputs)
+    default_in = (list(inputs) if isinstance(inputs, dict) else
+                  ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))])
+    in_names = input_names or default_in
     out_names = output_names or (
         ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))]
     )
-    if len(in_names) != len(inputs):
-        raise ValueError(f"input_names has {len(in_names)} names for {len(inputs)} inputs")
+    if len(in_names) != len(tensors):
+        raise ValueError(f"input_names has {len(in_names)} names for {len(tensors)} inputs")
     if len(out_names) != len(reference):
         raise ValueError(f"output_names has {len(out_names)} names for {len(reference)} outputs")
 
+    proto = _export(plain, inputs, dynamo, dynamic_batch, opset_version, in_names, out_names)
+    proto = finish(proto, ctx)
     with atomic_path(path, suffix=".onnx") as tmp:
-        _export(plain, inputs, tmp, dynamo, dynamic_batch, opset_version, in_names, out_names)
-        post = [t.post_export for t in hooks if t.post_export is not None]
-        if post:
-            import onnx
-
-            proto = onnx.load(str(tmp))
-            for fn in post:
-                proto = fn(proto, ctx) or proto
-            onnx.save(proto, str(tmp))
+        # The proto was rewritten in memory: one write, then validation of exactly that file.
+        save_proto(proto, tmp)
         if validate:
-            validate_onnx(tmp, inputs, reference, atol=ctx.atol, rtol=ctx.rtol, names=out_names)
+            validate_onnx(tmp, tensors, reference, atol=ctx.atol, rtol=ctx.rtol, names=out_names)
     return path
 
 
-def _techniques_of(recs: list) -> list:
-    from slimkit.core.registry import get_technique
+def _export(model, inputs, dynamo, dynamic_batch, opset, in_names, out_names):
+    """Export to an in-memory ``onnx.ModelProto``."""
+    import onnx
 
-    seen, out = set(), []
-    for rec in recs:
-        if rec["technique"] not in seen:
-            seen.add(rec["technique"])
-            out.append(get_technique(rec["technique"]))
-    return out
-
-
-def _export(model, inputs, tmp, dynamo, dynamic_batch, opset, in_names, out_names) -> None:
     kwargs = {"input_names": in_names, "output_names": out_names}
     if opset is not None:
         kwargs["opset_version"] = opset
     trace_inputs = inputs
+    tensors = input_tensors(inputs)
     if dynamic_batch and dynamo:
         # torch.export specializes a dimension of size 1, which would freeze the batch axis.
-        if any(x.dim() > 0 and x.shape[0] == 1 for x in inputs):
+        if any(x.dim() > 0 and x.shape[0] == 1 for x in tensors):
             trace_inputs = _tile_batch(inputs, 2)
         batch = torch.export.Dim("batch")
-        kwargs["dynamic_shapes"] = tuple({0: batch} if x.dim() > 0 else None for x in inputs)
+        if isinstance(inputs, dict):
+            kwargs["dynamic_shapes"] = {k: ({0: batch} if v.dim() > 0 else None)
+                                        for k, v in inputs.items()}
+        else:
+            kwargs["dynamic_shapes"] = tuple({0: batch} if x.dim() > 0 else None for x in inputs)
     elif dynamic_batch:
         axes = {n: {0: "batch"} for n in in_names}
         axes.update({n: {0: "batch"} for n in out_names})
         kwargs["dynamic_axes"] = axes
-    if dynamo:
-        kwargs.update(external_data=False, verbose=False)
+    args, kw = ((), trace_inputs) if isinstance(trace_inputs, dict) else (trace_inputs, None)
+    if kw is not None:
+        kwargs["kwargs"] = kw
     try:
         with _quiet_exporter():
-            torch.onnx.export(model, trace_inputs, str(tmp), dynamo=dynamo, **kwargs)
+            if dynamo:
+                program = torch.onnx.export(model, args, dynamo=True, external_data=False,
+                                            verbose=False, **kwargs)
+                return program.model_proto
+            buffer = io.BytesIO()
+            torch.onnx.export(model, args, buffer, dynamo=False, **kwargs)
+            return onnx.load_from_string(buffer.getvalue())
     except Exception as e:
         raise RuntimeError(
             f"torch.onnx could not export {type(model).__name__} (dynamo={dynamo}): "
             f"{type(e).__name__}: {str(e)[:2000]}"
         ) from e
+
+
+def save_proto(proto, path) -> None:
+    """Write ``proto`` to ``path``; a model over protobuf's 2 GB limit keeps its weights in
+    ``<file name>.data`` beside it."""
+    import onnx
+
+    if proto.ByteSize() < 2**31 - 2**26:
+        onnx.save(proto, str(path))
+        return
+    onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location=f"{Path(path).name}.data")
 
 
 def ort_session(path: str | os.PathLike, threads: int = 2, optimized_path: str | None = None):

@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -45,10 +44,12 @@ import torch.nn as nn
 
 from slimkit.core.config import Config
 from slimkit.core.io import atomic_path
-from slimkit.core.parametrize import get_module, input_of, slim_parametrizations, strip
+from slimkit.core.parametrize import get_module, input_of, slim_parametrizations
 from slimkit.core.records import records
-from slimkit.core.registry import get_technique, prepare_layers
+from slimkit.core.registry import get_technique, replay_record
 from slimkit.core.selection import module_type
+from slimkit.export.pipeline import deployable, techniques_of
+from slimkit.storage.intcodes import IntCodes
 
 MAGIC = b"SKPACK"
 FORMAT = "slimkit.packed"
@@ -260,31 +261,24 @@ def _decode_symbols(meta: dict, segments: list, n: int, shape: tuple, uint, code
 # ---- export ------------------------------------------------------------------------------
 
 def _quantized_weights(model: nn.Module) -> dict:
-    """Integers and scales of every fake-quantized weight, by stripped name.
+    """Integer codes of every weight a technique stores as codes, by stripped name.
 
-    The packed file stores a quantized weight as these (the codes of the int8 artifact): the
+    The packed file stores such a weight as these (the codes of the int8 artifact): the
     per-channel floats ``q * scale`` have as many distinct values as (code, channel) pairs.
     A small negative weight rounds to -0.0, which the integer 0 cannot say: those positions
     are kept as a mask (usually empty), so the baked weight comes back bit for bit.
     """
-    from slimkit.quantization.fake_quant import quantized_weights
-
     out = {}
-    for key, _module, p, q, scale, baked in quantized_weights(model):
-        info = {"q": q.to(torch.int8), "scale": scale.float(), "group_size": p.group_size,
-                "negative_zeros": (baked == 0) & torch.signbit(baked)}
-        if torch.equal(_as_bits_tensor(_rebuild(info, baked.dtype)), _as_bits_tensor(baked)):
-            out[key] = info
-        # else: not exactly integer * scale: the weight is stored as plain values instead
+    for tech in techniques_of(model):
+        for key, codes in tech.stored_weights(model).items():
+            out[key] = {"q": codes.q.to(torch.int8), "scale": codes.scale.float(),
+                        "group_size": codes.group_size}
     return out
 
 
 def _rebuild(info: dict, dtype: torch.dtype) -> torch.Tensor:
     """``q * scale`` as the fake-quant computes it (float32 multiply), -0.0 restored."""
-    from slimkit.quantization.fake_quant import expand_scale
-
-    q = info["q"]
-    w = q.float().mul_(expand_scale(info["scale"], q, info["group_size"]))
+    w = IntCodes(info["q"], info["scale"], 8, info["group_size"]).decode(torch.float32)
     neg = info.get("negative_zeros")
     if neg is not None and bool(neg.any()):
         w[neg] = -0.0
@@ -297,12 +291,7 @@ def _as_bits_tensor(t: torch.Tensor) -> torch.Tensor:
 
 def _replayed(recs: list) -> list:
     """The records ``load_packed`` replays: those whose state outlives ``sk.strip``."""
-    out = []
-    for rec in recs:
-        tech = get_technique(rec["technique"])
-        if rec.get("structural") or tech.family == "quantization":
-            out.append(rec)
-    return out
+    return [rec for rec in recs if get_technique(rec["technique"]).survives_strip(rec)]
 
 
 def export_packed(model: nn.Module, path: str | os.PathLike) -> Path:
@@ -322,9 +311,8 @@ def export_packed(model: nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     coder = _coder()
     recs = records(model)
-    work = copy.deepcopy(model)
-    quant = _quantized_weights(work)
-    state = strip(work).state_dict()
+    quant = _quantized_weights(model)
+    state = deployable(model, hooks=False).state_dict()
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         # Tensors are coded and written one at a time (a large model is never held twice in
@@ -359,6 +347,9 @@ def _write_tensors(f, state: dict, quant: dict, coder) -> tuple[list, int]:
             continue
         seen[key] = name
         info = quant.get(name)
+        if info is not None:
+            # A weight that rounded to -0.0 says so in a mask; the codes alone give +0.0.
+            info = {**info, "negative_zeros": (tensor == 0) & torch.signbit(tensor)}
         if info is not None and torch.equal(_as_bits_tensor(_rebuild(info, tensor.dtype)),
                                             _as_bits_tensor(tensor)):
             entry["kind"] = "quantized"
@@ -507,9 +498,7 @@ def load_packed(path: str | os.PathLike, model: nn.Module) -> nn.Module:
         )
     header, state = read_packed(path)
     for rec in header["records"]:
-        tech = get_technique(rec["technique"])
-        prepare_layers(model, tech, Config.from_dict(rec["config"]),
-                       [tuple(x) for x in rec["layers"]])
+        replay_record(model, rec)
     targets = _stripped_names(model)
     own = model.state_dict()
     missing = [k for k in targets if k not in state]

@@ -39,11 +39,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from slimkit.core.parametrize import slim_parametrizations
 from slimkit.core.scheduler import Scheduler
-
-_OBSERVER_BUFFERS = ("lo", "hi", "calibrated", "frozen")
-
+from slimkit.core.state import SYNC_RULES, slim_states, unique_states
 
 def is_distributed(group=None) -> bool:
     """True inside an initialised process group with more than one rank."""
@@ -52,23 +49,80 @@ def is_distributed(group=None) -> bool:
     )
 
 
-def _activation_quantizers(model: nn.Module) -> list[nn.Module]:
-    from slimkit.quantization.activation import ActivationQuantizer
-
-    # model.modules() visits in registration order, the same on every rank of one model.
-    return [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+def _synced(model: nn.Module) -> list:
+    # unique_states visits in registration order, the same on every rank of one model.
+    return [site.state for site in unique_states(model) if site.state.sync_rules]
 
 
 @torch.no_grad()
-def sync_observers(model: nn.Module, group=None) -> None:
-    """All-reduce every activation observer's range: ``lo`` = min, ``hi`` = max over ranks.
+def sync_forward_state(model: nn.Module, group=None) -> None:
+    """All-reduce every buffer that a forward pass changes, as its state object declares.
 
-    Call it on every rank after the forward passes whose ranges should count, before they
-    are used again: after each training step of a QAT model (:class:`DistributedScheduler`
-    does), and after ``sk.calibrate`` on per-rank calibration shards. A rank whose observer
-    has not seen data yet does not pull the range towards its zeros. ``calibrated`` and
-    ``frozen`` become true everywhere if they are on any rank. A no-op outside a
-    multi-process group or on a model without observers.
+    Each state object's ``sync_rules`` maps a buffer to ``"min"``, ``"max"`` or ``"any"``
+    (:class:`slimkit.core.state.SlimState`); with ``sync_valid`` (a bool buffer) a rank that
+    has no values yet (an observer that saw no data) does not take part in the minimum or
+    maximum. One collective for the whole model. A no-op outside a multi-process group or on a
+    model whose techniques declare nothing to sync.
+
+    For the built-in activation observers this is :func:`sync_observers`: ``lo`` = min,
+    ``hi`` = max over ranks, ``calibrated`` and ``frozen`` true if true on any rank.
+
+    Example:
+        >>> sk.calibrate(model, my_shard); sync_forward_state(model)
+    """
+    states = _synced(model)
+    if not states or not is_distributed(group):
+        return
+    parts, plan = [], []
+    for state in states:
+        valid = getattr(state, state.sync_valid) if state.sync_valid else None
+        for name, rule in state.sync_rules.items():
+            if rule not in SYNC_RULES:
+                raise ValueError(
+                    f"{type(state).__name__}.sync_rules[{name!r}] = {rule!r}; accepted: "
+                    f"{', '.join(SYNC_RULES)}"
+                )
+            t = getattr(state, name)
+            flat = t.detach().reshape(-1).to(torch.float64)
+            if rule == "any":
+                packed = -flat.ne(0).to(torch.float64)  # min over -flag: -1 if any rank is set
+            else:
+                sign = 1.0 if rule == "min" else -1.0
+                packed = sign * flat
+                if valid is not None and name != state.sync_valid and not bool(valid.all()):
+                    packed = torch.full_like(packed, float("inf"))  # no say in the extreme
+            parts.append(packed)
+            plan.append((state, name, rule, packed.numel()))
+    packed = torch.cat(parts)
+    dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
+    offset = 0
+    reduced: dict = {}
+    for state, name, rule, n in plan:
+        reduced[(id(state), name)] = (rule, packed[offset:offset + n])
+        offset += n
+    for state in states:
+        if state.sync_valid and not bool((-reduced[(id(state), state.sync_valid)][1]).all()):
+            continue  # no rank has values yet
+        for name, rule in state.sync_rules.items():
+            rule, values = reduced[(id(state), name)]
+            t = getattr(state, name)
+            if rule == "any":
+                out = values < 0
+            else:
+                if torch.isinf(values).any():
+                    continue
+                out = values if rule == "min" else -values
+            t.copy_(out.reshape(t.shape).to(t.dtype))
+
+
+def sync_observers(model: nn.Module, group=None) -> None:
+    """All-reduce every activation observer's range (``lo`` = min, ``hi`` = max over ranks).
+
+    The name this step had before the state protocol: it is :func:`sync_forward_state`, which
+    also syncs the forward-pass state of any contributed technique. Call it on every rank
+    after the forward passes whose ranges should count: after each training step of a QAT
+    model (:class:`DistributedScheduler` does), and after ``sk.calibrate`` on per-rank
+    calibration shards.
 
     For the ``percentile`` and ``mse`` observers the result is the widest of the per-rank
     ranges (their clipping needs the values themselves, which are not exchanged).
@@ -76,54 +130,23 @@ def sync_observers(model: nn.Module, group=None) -> None:
     Example:
         >>> sk.calibrate(model, my_shard); sync_observers(model)
     """
-    quantizers = _activation_quantizers(model)
-    if not quantizers or not is_distributed(group):
-        return
-    calibrated = torch.stack([q.calibrated for q in quantizers])
-    lo = torch.stack([q.lo.float() for q in quantizers])
-    hi = torch.stack([q.hi.float() for q in quantizers])
-    inf = torch.full_like(lo, float("inf"))
-    # One collective: min over [lo, -hi, -frozen]; uncalibrated entries send +inf so they
-    # never win the minimum.
-    frozen = torch.stack([q.frozen for q in quantizers]).float()
-    packed = torch.cat([torch.where(calibrated, lo, inf), torch.where(calibrated, -hi, inf),
-                        -frozen])
-    dist.all_reduce(packed, op=dist.ReduceOp.MIN, group=group)
-    n = len(quantizers)
-    lo_all, neg_hi_all, neg_frozen = packed[:n], packed[n:2 * n], packed[2 * n:]
-    for i, q in enumerate(quantizers):
-        if torch.isinf(lo_all[i]):  # no rank has a range yet
-            continue
-        q.lo.fill_(lo_all[i])
-        q.hi.fill_(-neg_hi_all[i])
-        q.calibrated.fill_(True)
-        if neg_frozen[i] < 0:
-            q.frozen.fill_(True)
+    sync_forward_state(model, group)
 
 
 def slimkit_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every tensor of slimkit's state in ``model``, by state_dict-style name.
 
-    Masks, step counts, centroids, labels, observer ranges: the buffers and parameters of
-    slimkit's parametrizations and activation quantizers (not the weights themselves).
-    A tensor shared by tied weights appears once.
+    The buffers and parameters of every state object (:mod:`slimkit.core.state`):
+    parametrizations and stateful modules such as activation quantizers (masks, step counts,
+    centroids, labels, observer ranges), not the weights themselves. A tensor shared by tied
+    weights appears once.
     """
-    from slimkit.quantization.activation import ActivationQuantizer
-
     out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    owners = []
-    for mname, tname, index, p in slim_parametrizations(model):
-        prefix = f"{mname}." if mname else ""
-        owners.append((f"{prefix}parametrizations.{tname}.{index}", p))
-    owners += [(n, m) for n, m in model.named_modules() if isinstance(m, ActivationQuantizer)]
-    for owner, module in owners:
-        if id(module) in seen:
-            continue
-        seen.add(id(module))
+    for site in unique_states(model):
+        module = site.state
         for name, t in [*module.named_buffers(recurse=False),
                         *module.named_parameters(recurse=False)]:
-            out[f"{owner}.{name}"] = t
+            out[f"{site.name}.{name}"] = t
     return out
 
 
@@ -197,28 +220,28 @@ def unsynced_tensors(model: nn.Module, everything: bool = False, group=None) -> 
 def unused_parameters(model: nn.Module) -> list[str]:
     """Parameters that require grad but that no gradient can reach, by slimkit's design.
 
-    Today: the weights under a ``ClusterSnap`` without ``refresh_every`` (the output uses
-    only the centroids). DDP's default reducer waits for a gradient of every parameter and
-    fails on the second step ("Expected to have finished reduction in the prior
-    iteration..."): when this list is not empty, wrap with
-    ``DDP(model, static_graph=True)`` (cheapest) or ``find_unused_parameters=True``.
+    The weights under a parametrization that declares ``original_unused()`` (a
+    ``ClusterSnap`` without ``refresh_every``: the output uses only the centroids). DDP's
+    default reducer waits for a gradient of every parameter and fails on the second step
+    ("Expected to have finished reduction in the prior iteration..."): when this list is not
+    empty, wrap with ``DDP(model, static_graph=True)`` (cheapest) or
+    ``find_unused_parameters=True``.
 
     Example:
         >>> sk.cluster(model, sk.ClusteringConfig(16))
         >>> unused_parameters(model)
         ['conv1.parametrizations.weight.original', ...]
     """
-    from slimkit.clustering.snap import ClusterSnap
-
     names = []
-    for mname, tname, _index, p in slim_parametrizations(model):
-        if isinstance(p, ClusterSnap) and not p.config.refresh_every:
-            prefix = f"{mname}." if mname else ""
-            module = model.get_submodule(mname) if mname else model
-            original = module.parametrizations[tname].original
-            name = f"{prefix}parametrizations.{tname}.original"
-            if original.requires_grad and name not in names:
-                names.append(name)
+    for site in slim_states(model):
+        if site.tensor_name is None or not site.state.original_unused():
+            continue
+        prefix = f"{site.module_name}." if site.module_name else ""
+        module = model.get_submodule(site.module_name) if site.module_name else model
+        original = module.parametrizations[site.tensor_name].original
+        name = f"{prefix}parametrizations.{site.tensor_name}.original"
+        if original.requires_grad and name not in names:
+            names.append(name)
     return names
 
 
@@ -244,10 +267,9 @@ class DistributedScheduler(Scheduler):
         self.group = group
 
     def step(self) -> None:
-        # Only QAT observers in training mode move during training; once all are frozen (or
-        # there are none) the collective is skipped. The flags agree on every rank: they were
-        # reduced by the last sync and are set by the same step counts.
-        if any(q.qat and q.training and not bool(q.frozen)
-               for q in _activation_quantizers(self.model)):
-            sync_observers(self.model, self.group)
+        # Only state that moves in forward passes needs the collective (QAT observers in
+        # training mode, until frozen). The flags agree on every rank: they were reduced by
+        # the last sync and are set by the same step counts.
+        if any(state.moves_in_forward() for state in _synced(self.model)):
+            sync_forward_state(self.model, self.group)
         super().step()

@@ -509,11 +509,10 @@ def _import_export_onnx():
 
 def _stripped_copy(model: nn.Module) -> nn.Module:
     # Imported here: slimkit.export pulls in the exporter, which report() on a file never needs.
-    from slimkit.export import strip
+    from slimkit.export.pipeline import deployable
 
-    # strip bakes in place and gives each module its own class first, so baking the copy
-    # leaves the caller's prepared model working.
-    return strip(copy.deepcopy(model))
+    # The weights as stored (no export hooks): the state_dict statistics of the model itself.
+    return deployable(model, hooks=False)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

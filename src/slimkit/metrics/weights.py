@@ -223,13 +223,13 @@ def _load_onnx(path_or_model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _compact_weights(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], set[str]]:
-    """Weights stored compactly (uint8 indices + codebook, see slimkit.clustering.compact),
+    """Weights stored compactly (uint8 indices + codebook, see slimkit.storage.codebook),
     rebuilt, and the names of the initializers that store them.
 
     Counting the index tensor as the weight would be right per tensor but wrong for
     per-channel codebooks (indices repeat across channels with different values).
     """
-    from slimkit.clustering.compact import expand_compact
+    from slimkit.storage.codebook import expand_compact
 
     rebuilt = expand_compact(graph)
     if not rebuilt:

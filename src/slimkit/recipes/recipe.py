@@ -37,7 +37,6 @@ EVALUATE = ("artifact", "stripped")
 # "7 epochs" in a config field means 7 * (steps per epoch of that stage).
 _EPOCHS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*epochs?\s*$")
 # Config errors end with "(ClassName.field)": the field a problem belongs to.
-_FIELD_OF_ERROR = re.compile(r"\((\w+)\.(\w+)\)\s*$")
 
 
 class RecipeError(ValueError):
@@ -357,19 +356,12 @@ def _stage(p: _Problems, raw: Any, index: int) -> RecipeStage | None:
     if tech is not None:
         # 100 steps per epoch stands in for the real figure, unknown before the data loads.
         cfg = _build_config(tech.config_cls, config, 100.0, f"{loc}.config", p.problems)
-        if cfg is not None and _needs_calibration(cfg) and not calib:
-            p.add(f"{loc}.calibration_batches", "static post-training quantization needs "
+        if cfg is not None and tech.needs_calibration(cfg) and not calib:
+            p.add(f"{loc}.calibration_batches", f"{tech.name} with this config needs "
                   "calibration data: give calibration_batches >= 1 (e.g. 4 batches of 32)")
     return RecipeStage(name=name, technique=technique, config=config, epochs=epochs,
                        steps=steps, lr=lr, calibration_batches=calib,
                        targets=raw.get("targets"), ignore=raw.get("ignore"))
-
-
-def _needs_calibration(cfg: Config) -> bool:
-    from slimkit.quantization.config import QATConfig, QuantizationConfig
-
-    return (isinstance(cfg, QuantizationConfig) and not isinstance(cfg, QATConfig)
-            and cfg.mode == "static")
 
 
 def _build_config(cls: type[Config], fields: dict, steps_per_epoch: float | None, loc: str,
@@ -395,8 +387,8 @@ def _build_config(cls: type[Config], fields: dict, steps_per_epoch: float | None
             return cls(**values)
         except (ValueError, TypeError) as e:
             msg = str(e)
-            m = _FIELD_OF_ERROR.search(msg)
-            bad = m.group(2) if m else None
+            # ConfigError names its field; only a field of this config can be left out.
+            bad = getattr(e, "field", None) if getattr(e, "config", None) == cls.__name__ else None
             problems.append((f"{loc}.{bad}" if bad else loc, msg))
             if bad not in values:
                 return None

@@ -20,6 +20,7 @@ import torch
 from torch.nn.utils import parametrize
 
 import slimkit as sk
+from slimkit.core.batch import call_model, flatten_outputs
 from slimkit.core.parametrize import slim_parametrizations
 from slimkit.testing import workbench as wb
 from slimkit.testing.entry import ConformanceEntry
@@ -216,11 +217,9 @@ def check_torch_export(entry: ConformanceEntry, case: ZooModel) -> str:
 
 
 def _run_program(program, inputs) -> list[torch.Tensor]:
-    from torch.utils import _pytree
-
     with torch.no_grad():
-        out = program.module()(*inputs)
-    return [t for t in _pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        out = call_model(program.module(), inputs)
+    return flatten_outputs(out)
 
 
 def check_onnx(entry: ConformanceEntry, case: ZooModel) -> str:

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils import _pytree
 
 import slimkit as sk
+from slimkit.core.batch import call_model, flatten_outputs
 from slimkit.core.parametrize import slim_parametrizations
 from slimkit.examples import (
     DigitsCNN,
@@ -99,8 +99,8 @@ def outputs(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
     """The model's output tensors (flattened) on ``inputs``, in eval mode without grad."""
     model.eval()
     with torch.no_grad():
-        out = model(*inputs)
-    return [t for t in _pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        out = call_model(model, inputs)
+    return flatten_outputs(out)
 
 
 def train_steps(model: nn.Module, case: ZooModel, steps: int = _TRAIN_STEPS) -> None:
@@ -116,7 +116,7 @@ def train_steps(model: nn.Module, case: ZooModel, steps: int = _TRAIN_STEPS) -> 
     gen = torch.Generator().manual_seed(7)
     model.train()
     for _ in range(steps):
-        out = [t for t in _pytree.tree_leaves(model(*inputs)) if isinstance(t, torch.Tensor)]
+        out = flatten_outputs(call_model(model, inputs))
         loss = sum(F.mse_loss(t.float(), torch.randn(t.shape, generator=gen)) for t in out)
         optimizer_step(loss, opt, sched)
     model.eval()
@@ -132,18 +132,10 @@ def prepared(entry: ConformanceEntry, case: ZooModel, seed: int = 0, steps: int 
 
 
 def deployable(model: nn.Module) -> nn.Module:
-    """What ``sk.export_onnx`` exports: a deep copy, the techniques' ``pre_export`` hooks, strip."""
-    from slimkit.export.onnx import ExportContext
+    """What ``sk.export_onnx`` exports: the shared deploy pipeline's stripped copy."""
+    from slimkit.export.pipeline import deployable as pipeline_deployable
 
-    ctx = ExportContext(records=sk.records(model))
-    work = copy.deepcopy(model)
-    seen = set()
-    for rec in ctx.records:
-        tech = sk.get_technique(rec["technique"])
-        if tech.name not in seen and tech.pre_export is not None:
-            tech.pre_export(work, ctx)
-        seen.add(tech.name)
-    return sk.strip(work).eval()
+    return pipeline_deployable(model)
 
 
 # -- digits ---------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from slimkit.quantization.activation import ActivationQuantizer
+from slimkit.core.batch import batch_inputs, call_model, describe
+from slimkit.techniques.quantization.activation import ActivationQuantizer
 
 
 def _batches(data, batch_size: int) -> Iterable:
@@ -35,30 +36,6 @@ def _batches(data, batch_size: int) -> Iterable:
             f"got {type(data).__name__}"
         )
     return data
-
-
-def _call(model: nn.Module, batch):
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)) and batch:
-        return model(batch[0])
-    raise TypeError(
-        "each calibration batch must be a tensor, a dict of tensors or an (input, ...) tuple, "
-        f"got {type(batch).__name__}"
-    )
-
-
-def _describe(batch) -> str:
-    if isinstance(batch, torch.Tensor):
-        return f"shape {tuple(batch.shape)}"
-    if isinstance(batch, dict):
-        return ", ".join(f"{k}: {tuple(v.shape)}" for k, v in batch.items()
-                         if isinstance(v, torch.Tensor))
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return f"shape {tuple(batch[0].shape)}"
-    return type(batch).__name__
 
 
 def calibrate(model: nn.Module, data, *, batch_size: int = 32, progress: bool = True) -> nn.Module:
@@ -87,10 +64,10 @@ def calibrate(model: nn.Module, data, *, batch_size: int = 32, progress: bool = 
             task = bar.add_task("calibrating", total=total)
             for batch in batches:
                 try:
-                    _call(model, batch)
+                    call_model(model, batch_inputs(batch))
                 except (RuntimeError, TypeError, ValueError, IndexError) as e:
                     raise ValueError(
-                        f"calibration batch {seen} ({_describe(batch)}) does not fit "
+                        f"calibration batch {seen} ({describe(batch_inputs(batch))}) does not fit "
                         f"{type(model).__name__}: {type(e).__name__}: {e}"
                     ) from e
                 seen += 1

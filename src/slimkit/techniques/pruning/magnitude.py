@@ -13,10 +13,11 @@ import torch.nn as nn
 
 from slimkit.core.parametrize import expand_tied, get_module, raw_tensor, register
 from slimkit.core.records import group_id
-from slimkit.core.registry import apply, register_technique
-from slimkit.pruning.config import MagnitudePruningConfig
-from slimkit.pruning.mask import PruningMask, update_masks
-from slimkit.pruning.nm import nm_layers
+from slimkit.core.stages import register_stage
+from slimkit.core.technique import Technique
+from slimkit.techniques.pruning.config import MagnitudePruningConfig
+from slimkit.techniques.pruning.mask import PruningMask, update_masks
+from slimkit.techniques.pruning.nm import nm_layers
 
 
 def prune(model: nn.Module, config: MagnitudePruningConfig, targets=None, ignore=None) -> nn.Module:
@@ -32,7 +33,9 @@ def prune(model: nn.Module, config: MagnitudePruningConfig, targets=None, ignore
             f"sk.prune takes a MagnitudePruningConfig, got {type(config).__name__}; "
             "use sk.apply for other techniques"
         )
-    return apply(model, config, targets, ignore)
+    from slimkit.core.verbs import prune as family_prune
+
+    return family_prune(model, config, targets, ignore)
 
 
 def _prepare(model: nn.Module, config: MagnitudePruningConfig, layers) -> None:
@@ -56,10 +59,32 @@ def _prepare(model: nn.Module, config: MagnitudePruningConfig, layers) -> None:
         update_masks(model, created, schedule.sparsity(0))
 
 
-register_technique(
-    "magnitude-pruning",
-    MagnitudePruningConfig,
-    _prepare,
-    family="pruning",
-    description="Zero the smallest weights (unstructured or blocks) on a sparsity schedule.",
-)
+class MagnitudePruning(Technique):
+    """The ``magnitude-pruning`` technique: masks on a sparsity schedule (stage ``mask``)."""
+
+    name = "magnitude-pruning"
+    config_cls = MagnitudePruningConfig
+    family = "pruning"
+    stage = register_stage("mask", 100)
+    description = "Zero the smallest weights (unstructured or blocks) on a sparsity schedule."
+
+    def prepare(self, model, config, layers):
+        _prepare(model, config, layers)
+
+    def check_step(self, model, record):
+        from slimkit.techniques.pruning.mask import schedule_shortfall
+
+        return schedule_shortfall(model, record)
+
+    def cli_commands(self):
+        from slimkit.techniques.pruning.command import check_sparsity_command
+
+        return [check_sparsity_command]
+
+    def conformance_entries(self):
+        from slimkit.techniques.pruning.conformance import ENTRIES
+
+        return ENTRIES
+
+
+TECHNIQUE = MagnitudePruning()

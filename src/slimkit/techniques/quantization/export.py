@@ -24,16 +24,26 @@ import numpy as np
 import torch.nn as nn
 
 from slimkit.core.parametrize import get_module
-from slimkit.quantization.activation import (
+from slimkit.export.pipeline import drop_debug_metadata
+from slimkit.techniques.quantization.activation import (
     INPUT,
     OUTPUT,
     ActivationQuantizer,
     DynamicQuantizer,
     attach,
 )
-from slimkit.quantization.fake_quant import quantized_weights
+from slimkit.storage.intcodes import IntCodes, int_initializer
+from slimkit.techniques.quantization.fake_quant import quantized_weights
 
-NOTES_KEY = "slimkit.quantization"
+NOTES_KEY = "slimkit.techniques.quantization"
+
+
+def stored_weights(model: nn.Module) -> dict[str, IntCodes]:
+    """The integer codes of every fake-quantized weight, by stripped name (packed format)."""
+    import torch
+
+    return {key: IntCodes(q.to(torch.int8), scale.float(), p.bits, p.group_size)
+            for key, _module, p, q, scale, _baked in quantized_weights(model)}
 
 
 def pre_export(model: nn.Module, ctx) -> None:
@@ -55,7 +65,7 @@ def pre_export(model: nn.Module, ctx) -> None:
         raise ValueError(
             f"the activation quantizers of {', '.join(idle[:5])}{' ...' if len(idle) > 5 else ''}"
             " were never calibrated: run sk.quantize(model, config, calibration=data) (or "
-            "slimkit.quantization.calibrate) before exporting"
+            "slimkit.techniques.quantization.calibrate) before exporting"
         )
     if idle:
         # Layers the calibration data never reached (e.g. MultiheadAttention's out_proj,
@@ -111,22 +121,15 @@ def post_export(proto, ctx):
             continue
         int4 |= info["bits"] == 4
         if not (info["bits"] == 8 and _rewrite_gather(graph, init.name, q, scale, info)):
-            _add_dequantize(graph, init.name, q, scale, info, transposed)
+            IntCodes(q, scale, info["bits"], info["group_size"]).add_dequantize(
+                graph, init.name, transposed)
         graph.initializer.remove(init)
         del inits[init.name]
     _merge_duplicate_qdq(graph)
     _drop_noop_relus(graph)
-    if ctx.compact:
-        from slimkit.clustering.compact import compact_int8
-
-        # Clustered int8 weights (<= 16 values per channel) as 4-bit indices + int8 codebook;
-        # UINT4 needs opset 21, as int4 weights do.
-        int4 |= bool(compact_int8(graph))
     # The exporter annotates every node with torch stack traces: ~1 KB per Q/DQ node, a fifth
     # of a small int8 file. They are debugging aids, not part of the model.
-    for node in graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
+    drop_debug_metadata(proto)
     if int4:
         # INT4 initializers and blocked DequantizeLinear need opset 21; from opset 20 to 21
         # only type support changed, so raising it is safe.
@@ -211,29 +214,6 @@ def _find(inits: dict, name: str, baked: np.ndarray):
     return None, False
 
 
-def _add_dequantize(graph, name: str, q: np.ndarray, scale: np.ndarray, info: dict,
-                    transposed: bool) -> None:
-    from onnx import helper, numpy_helper
-
-    bits = info["bits"]
-    # Output channels are axis 0 of the torch weight, axis 1 of a pre-transposed one.
-    axis = 1 if (info["group_size"] is not None) != transposed else 0
-    if transposed:
-        q, scale = q.T, scale.T
-    qname, sname, zname = f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"
-    graph.initializer.append(_int_tensor(qname, q, bits))
-    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(scale), sname))
-    graph.initializer.append(_int_tensor(zname, np.zeros(scale.shape), bits))
-    attrs = {}
-    if scale.ndim >= 1:
-        attrs["axis"] = axis
-    if info["group_size"]:
-        attrs["block_size"] = info["group_size"]
-    node = helper.make_node("DequantizeLinear", [qname, sname, zname], [name],
-                            name=f"{name}_dequantize", **attrs)
-    graph.node.insert(0, node)
-
-
 def _rewrite_gather(graph, name: str, q: np.ndarray, scale: np.ndarray, info: dict) -> bool:
     """Look up int8 rows, then scale only those: ``Gather(q, ids) -> Cast -> Mul(Gather(scale,
     ids))`` for a per-row quantized table read only by row Gathers (an Embedding).
@@ -250,7 +230,7 @@ def _rewrite_gather(graph, name: str, q: np.ndarray, scale: np.ndarray, info: di
     from onnx import TensorProto, helper, numpy_helper
 
     qname, sname = f"{name}_quantized", f"{name}_row_scale"
-    graph.initializer.append(_int_tensor(qname, q, 8))
+    graph.initializer.append(int_initializer(qname, q, 8))
     graph.initializer.append(numpy_helper.from_array(
         np.ascontiguousarray(scale.reshape(-1, 1).astype(np.float32)), sname))
     for k, node in enumerate(users):
@@ -267,21 +247,6 @@ def _rewrite_gather(graph, name: str, q: np.ndarray, scale: np.ndarray, info: di
             n.name = f"{p}_{n.op_type}_{j}"
             graph.node.insert(pos + j, n)
     return True
-
-
-def _int_tensor(name: str, values: np.ndarray, bits: int):
-    """An INT8 or INT4 initializer stored as raw bytes (two int4 values per byte, low first)."""
-    from onnx import TensorProto, helper
-
-    ints = np.asarray(values).astype(np.int8)
-    if bits == 8:
-        return helper.make_tensor(name, TensorProto.INT8, ints.shape, ints.tobytes(), raw=True)
-    flat = ints.flatten()
-    if flat.size % 2:
-        flat = np.append(flat, np.int8(0))
-    nibbles = (flat.astype(np.uint8) & 0x0F).reshape(-1, 2)
-    packed = (nibbles[:, 0] | (nibbles[:, 1] << 4)).astype(np.uint8)
-    return helper.make_tensor(name, TensorProto.INT4, ints.shape, packed.tobytes(), raw=True)
 
 
 def _consumers(graph, tensor: str) -> list:

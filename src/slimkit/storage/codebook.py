@@ -1,7 +1,7 @@
-"""Compact ONNX storage of clustered weights: uint8 indices + a float32 codebook.
+"""Codebook storage: a weight with few distinct values as uint8 indices + a codebook.
 
-A clustered fp32 weight holds at most k distinct values, so it can be stored as one byte per
-weight plus a small codebook, and rebuilt in the graph by ``Gather(codebook, Cast(indices))``.
+A weight holding at most k distinct values (a clustered weight, for one) can be stored as
+one byte per weight plus a small codebook, and rebuilt in the graph by ``Gather(codebook, Cast(indices))``.
 Every input of those nodes is an initializer, so ONNX Runtime's constant folding turns them
 back into the plain weight when the session starts: the file is about 4x smaller and
 inference runs the same fp32 kernels at the same speed.
@@ -21,9 +21,13 @@ by bit pattern, in which +0.0 is smallest), so the index tensor is zero exactly 
 is: a report reading the indices counts the same sparsity. Values are matched by bit pattern,
 so the rebuilt weight is bit-identical (-0.0 stays -0.0, and a NaN would stay that NaN).
 
+:func:`compact_graph` is what ``sk.export_onnx(..., compact=True)`` runs after every
+technique's export hook: int8 weights read by a DequantizeLinear first (4-bit indices), then
+float weights. It knows no technique; it stores whatever has few values compactly.
+
 Example:
     >>> proto = onnx.load("clustered.onnx")
-    >>> names = compact_initializers(proto.graph)          # rewritten in place
+    >>> names = compact_graph(proto.graph)                 # rewritten in place
     >>> onnx.save(proto, "clustered-compact.onnx")         # ~4x smaller raw
 """
 
@@ -37,35 +41,15 @@ from onnx import TensorProto, helper, numpy_helper
 MAX_CODES = 256
 
 
-def compact_codebooks(proto: onnx.ModelProto, ctx) -> onnx.ModelProto | None:
-    """The technique's ``post_export`` hook: compact the weights when ``ctx.compact`` is set."""
-    if not ctx.compact:
-        return None
-    # Weights that quantization turns into int8 + DequantizeLinear after this hook: compacting
-    # their float form first would hide them from it (the file would stay fp32). The int8
-    # form is compacted by :func:`compact_int8` at the end of the quantization hook.
-    skip = _quantized_names(proto.graph, ctx)
-    ctx.notes["weight-clustering"] = {"compacted": compact_initializers(proto.graph, skip)}
-    return proto
+def compact_graph(graph: onnx.GraphProto, skip: set[str] = frozenset()) -> list[str]:
+    """Store every weight with few distinct values as indices + codebook; returns the names.
 
-
-def _quantized_names(graph: onnx.GraphProto, ctx) -> set[str]:
-    """Initializers holding a weight the quantization export hook will rewrite."""
-    weights = ctx.notes.get("slimkit.quantization", {}).get("weights", {})
-    if not weights:
-        return set()
-    names = set(weights) & {t.name for t in graph.initializer}
-    baked = [w["baked"] for key, w in weights.items() if key not in names and w["baked"].ndim == 2]
-    for init in graph.initializer:
-        if init.name in names or init.data_type != TensorProto.FLOAT or len(init.dims) != 2:
-            continue
-        value = None
-        for b in baked:
-            if tuple(init.dims) == b.shape[::-1]:
-                value = numpy_helper.to_array(init) if value is None else value
-                if np.array_equal(value, b.T):  # the exporter stored it pre-transposed
-                    names.add(init.name)
-    return names
+    Int8 weights with <= 16 values per slice become 4-bit indices into an int8 codebook
+    (:func:`compact_int8`), float weights with <= 256 values per tensor or per slice uint8
+    indices into a float codebook (:func:`compact_initializers`); ``skip`` names initializers
+    to leave alone. Only initializers that get smaller are rewritten.
+    """
+    return compact_int8(graph, skip) + compact_initializers(graph, skip)
 
 
 def compact_initializers(graph: onnx.GraphProto, skip: set[str] = frozenset()) -> list[str]:
@@ -80,7 +64,7 @@ def compact_initializers(graph: onnx.GraphProto, skip: set[str] = frozenset()) -
         else None), nibbles=False)
 
 
-def compact_int8(graph: onnx.GraphProto) -> list[str]:
+def compact_int8(graph: onnx.GraphProto, skip: set[str] = frozenset()) -> list[str]:
     """Store int8 weights with <= 16 distinct values per output channel as 4-bit indices.
 
     For quantized clustered weights (CQAT / PCQAT): the int8 weight read by a
@@ -97,7 +81,7 @@ def compact_int8(graph: onnx.GraphProto) -> list[str]:
     return _rewrite(graph, lambda init: (
         encode_int8(numpy_helper.to_array(init))
         if init.data_type == TensorProto.INT8 and len(init.dims) >= 2 and init.name in dequantized
-        else None), nibbles=True)
+        and init.name not in skip else None), nibbles=True)
 
 
 def _rewrite(graph: onnx.GraphProto, encoder, nibbles: bool) -> list[str]:

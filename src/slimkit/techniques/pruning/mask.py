@@ -19,11 +19,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from slimkit.core.parametrize import SlimParametrization, get_module, input_of
-from slimkit.pruning.config import MagnitudePruningConfig
+from slimkit.core.stages import register_stage
+from slimkit.core.state import Max, Ratio
+from slimkit.techniques.pruning.config import MagnitudePruningConfig
 
 
 class PruningMask(SlimParametrization):
-    stage = "mask"
+    stage = register_stage("mask", 100)
 
     def __init__(self, weight: torch.Tensor, config: MagnitudePruningConfig, group: str = ""):
         super().__init__(group)
@@ -44,6 +46,14 @@ class PruningMask(SlimParametrization):
 
     def extra_repr(self) -> str:
         return f"sparsity={1.0 - self.mask.mean().item():.3f}, step={int(self.step)}"
+
+    def stats(self) -> dict:
+        zeros = int((self.mask == 0).sum())
+        target = float(self.config.schedule.sparsity(int(self.step)))
+        return {"sparsity": Ratio(zeros, self.mask.numel()), "target_sparsity": Max(target)}
+
+    def layer_stats(self) -> dict:
+        return {"sparsity": int((self.mask == 0).sum()) / max(self.mask.numel(), 1)}
 
     @classmethod
     def on_step(cls, model: nn.Module, sites: list) -> None:
@@ -93,7 +103,7 @@ def update_masks(model: nn.Module, sites: list, sparsity: float) -> None:
 def _update_nm_masks(items: list, cfg: MagnitudePruningConfig, sparsity: float) -> None:
     # The schedule sets the pace: at s(t) the share s(t) / s_final of each layer's groups is
     # N:M-pruned, so the last update leaves every group with at most N non-zeros.
-    from slimkit.pruning.nm import final_sparsity, nm_keep_mask
+    from slimkit.techniques.pruning.nm import final_sparsity, nm_keep_mask
 
     n, m = cfg.nm
     fraction = sparsity / final_sparsity(cfg.schedule)

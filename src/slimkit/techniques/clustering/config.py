@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from slimkit.clustering.kmeans import INITS
+from slimkit.techniques.clustering.kmeans import INITS
 from slimkit.core.config import Config
 
 

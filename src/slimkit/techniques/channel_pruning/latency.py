@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from slimkit.pruning.channels import (
+from slimkit.techniques.channel_pruning.channels import (
     ChannelPruningConfig,
     _inputs,
     _pruner,

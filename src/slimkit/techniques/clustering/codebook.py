@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from slimkit.clustering.config import ClusteringConfig
-from slimkit.clustering.kmeans import kmeans_1d, kmeans_1d_per_channel
+from slimkit.techniques.clustering.config import ClusteringConfig
+from slimkit.techniques.clustering.kmeans import kmeans_1d, kmeans_1d_per_channel
 
 
 def label_dtype(k: int) -> torch.dtype:

@@ -25,7 +25,8 @@ import torch.nn as nn
 from slimkit.core.config import Config
 from slimkit.core.parametrize import slim_parametrizations
 from slimkit.core.records import records
-from slimkit.core.registry import get_technique, prepare_layers, register_technique
+from slimkit.core.registry import get_technique, prepare_layers
+from slimkit.core.technique import Technique
 from slimkit.core.selection import matches, module_type
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
@@ -480,20 +481,24 @@ def _module(model: nn.Module, name: str) -> nn.Module:
                          "model class") from None
 
 
-def _no_weight_layers(model, config, targets, ignore) -> list:
-    # Channel pruning reshapes modules instead of parametrizing weights: no layer list.
-    return []
+class PrunedArchitectureTechnique(Technique):
+    """The ``pruned-architecture`` record: the shapes channel pruning left, rebuilt by
+    ``sk.load`` on a fresh model (structural: it survives ``sk.strip``)."""
+
+    name = "pruned-architecture"
+    config_cls = PrunedArchitecture
+    family = "pruning"
+    structural = True
+    description = "The shapes left by channel pruning; rebuilt on a fresh model by sk.load."
+
+    def select(self, model, config, targets, ignore):
+        # Channel pruning reshapes modules instead of parametrizing weights: no layer list.
+        return []
+
+    def prepare(self, model, config, layers):
+        _reshape(model, config, layers)
 
 
-register_technique(
-    "pruned-architecture",
-    PrunedArchitecture,
-    _reshape,
-    select=_no_weight_layers,
-    family="pruning",
-    description="The shapes left by channel pruning; rebuilt on a fresh model by sk.load.",
-    structural=True,
-)
 def _apply(model, config: ChannelPruningConfig, *, targets=None, ignore=None,
            example_inputs=None) -> nn.Module:
     """``sk.apply`` of a ChannelPruningConfig (recipes use it): magnitude or BN-scale
@@ -516,12 +521,36 @@ def _apply(model, config: ChannelPruningConfig, *, targets=None, ignore=None,
     return prune_channels(model, config, example_inputs=example_inputs)
 
 
-register_technique(
-    "channel-pruning",
-    ChannelPruningConfig,
-    _reshape,
-    select=_no_weight_layers,
-    family="pruning",
-    description="Remove channels / neurons with Torch-Pruning (sk.prune_channels).",
-    apply=_apply,
-)
+class ChannelPruning(Technique):
+    """The ``channel-pruning`` technique: removes channels (a structural change)."""
+
+    name = "channel-pruning"
+    config_cls = ChannelPruningConfig
+    family = "pruning"
+    description = "Remove channels / neurons with Torch-Pruning (sk.prune_channels)."
+
+    def select(self, model, config, targets, ignore):
+        return []
+
+    def prepare(self, model, config, layers):
+        _reshape(model, config, layers)
+
+    def uses_example_inputs(self, config):
+        return True
+
+    def apply(self, model, config, *, targets=None, ignore=None, example_inputs=None,
+              calibration=None, **options):
+        if calibration is not None or options:
+            raise ValueError("channel pruning takes example_inputs, not calibration data "
+                             "(sk.prune_channels(model, config, example_inputs=x))")
+        return _apply(model, config, targets=targets, ignore=ignore,
+                      example_inputs=example_inputs)
+
+    def conformance_entries(self):
+        from slimkit.techniques.channel_pruning.conformance import ENTRIES
+
+        return ENTRIES
+
+
+TECHNIQUE = ChannelPruning()
+ARCHITECTURE_TECHNIQUE = PrunedArchitectureTechnique()

@@ -14,13 +14,21 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from slimkit.clustering.codebook import check_size, fit_codebook
-from slimkit.clustering.compact import compact_codebooks
-from slimkit.clustering.config import ClusteringConfig
-from slimkit.clustering.snap import ClusterSnap
-from slimkit.core.parametrize import STAGES, expand_tied, get_module, raw_tensor, register
+from slimkit.techniques.clustering.codebook import check_size, fit_codebook
+from slimkit.techniques.clustering.config import ClusteringConfig
+from slimkit.techniques.clustering.snap import ClusterSnap
+from slimkit.core.parametrize import (
+    SlimParametrization,
+    expand_tied,
+    get_module,
+    raw_tensor,
+    register,
+)
 from slimkit.core.records import group_id
-from slimkit.core.registry import apply, register_technique
+from slimkit.core.stages import register_stage, stage_order
+from slimkit.core.technique import Technique
+
+CLUSTER_STAGE = register_stage("cluster", 200)
 from slimkit.core.selection import module_type, select_weights
 
 
@@ -40,7 +48,9 @@ def cluster(model: nn.Module, config: ClusteringConfig, targets=None, ignore=Non
             f"sk.cluster takes a ClusteringConfig, got {type(config).__name__}; "
             "use sk.apply for other techniques"
         )
-    return apply(model, config, targets, ignore)
+    from slimkit.core.verbs import cluster as family_cluster
+
+    return family_cluster(model, config, targets, ignore)
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -82,7 +92,10 @@ def _input_below(module: nn.Module, tname: str) -> torch.Tensor:
     w = raw_tensor(module, tname)
     if parametrize.is_parametrized(module, tname):
         for q in module.parametrizations[tname]:
-            if STAGES.get(getattr(q, "stage", "quant"), 2) < STAGES["cluster"]:
+            # Stages below this one (a pruning mask), and any parametrization that is not
+            # slimkit's (it defines the model's weight), shape what the snap receives.
+            if not isinstance(q, SlimParametrization) or (
+                    stage_order(q.stage) < stage_order(CLUSTER_STAGE)):
                 w = q(w)
     return w
 
@@ -107,13 +120,30 @@ def _prepare(model: nn.Module, config: ClusteringConfig, layers) -> None:
         register(model, sites, p)
 
 
-register_technique(
-    "weight-clustering",
-    ClusteringConfig,
-    _prepare,
-    select=_select,
-    family="clustering",
-    description="Share k trained values per layer (k-means weight clustering); "
-                "compact export stores uint8 indices + a codebook.",
-    post_export=compact_codebooks,
-)
+class WeightClustering(Technique):
+    """The ``weight-clustering`` technique: k shared values per weight (stage ``cluster``).
+
+    Its compact form (uint8 indices + a codebook) is not a hook of its own: ``compact=True``
+    on export asks the storage layer to store every weight with few values that way.
+    """
+
+    name = "weight-clustering"
+    config_cls = ClusteringConfig
+    family = "clustering"
+    stage = CLUSTER_STAGE
+    description = ("Share k trained values per layer (k-means weight clustering); "
+                   "compact export stores uint8 indices + a codebook.")
+
+    def select(self, model, config, targets, ignore):
+        return _select(model, config, targets, ignore)
+
+    def prepare(self, model, config, layers):
+        _prepare(model, config, layers)
+
+    def conformance_entries(self):
+        from slimkit.techniques.clustering.conformance import ENTRIES
+
+        return ENTRIES
+
+
+TECHNIQUE = WeightClustering()

@@ -20,6 +20,11 @@ from slimkit.core.parametrize import (
     input_of,
     slim_parametrizations,
 )
+from slimkit.core.stages import register_stage
+from slimkit.core.state import Sum
+from slimkit.storage.intcodes import expand_scale
+
+QUANT_STAGE = register_stage("quant", 300)
 
 
 def weight_range(bits: int, narrow: bool) -> tuple[int, int]:
@@ -55,16 +60,6 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool, group_size: int 
         wmin, wmax = w.amin(), w.amax()
     amax = torch.maximum(-wmin, wmax)
     return torch.where(amax > 0, amax / hi, torch.ones_like(amax)).float()
-
-
-def expand_scale(scale: torch.Tensor, w: torch.Tensor, group_size: int | None) -> torch.Tensor:
-    """``scale`` broadcast to ``w``'s shape."""
-    if scale.dim() == 0:
-        return scale.expand_as(w)
-    if group_size is not None:
-        full = scale.repeat_interleave(group_size, dim=1)
-        return full.reshape(w.shape)
-    return scale.reshape(-1, *([1] * (w.dim() - 1))).expand_as(w)
 
 
 def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None,
@@ -124,7 +119,7 @@ class WeightFakeQuant(SlimParametrization):
         >>> torch.nn.utils.parametrize.register_parametrization(linear, "weight", p)
     """
 
-    stage = "quant"
+    stage = QUANT_STAGE
 
     def __init__(self, bits: int, per_channel: bool, group_size: int | None, narrow: bool,
                  freeze_step: int | None = None, group: str = ""):
@@ -145,23 +140,8 @@ class WeightFakeQuant(SlimParametrization):
             "per_channel" if self.per_channel else "per_tensor")
         return f"int{self.bits}, {gran}, narrow={self.narrow}, step={int(self.step)}"
 
-    @classmethod
-    def on_step(cls, model, sites: list) -> None:
-        p = sites[0][3]
-        if p.freeze_step is None or int(p.step) < p.freeze_step or getattr(p, "_froze", False):
-            return
-        # Every activation quantizer of the model: those of the layers and those of residual
-        # sums (which belong to no weight).
-        for q in _activation_quantizers(model):
-            q.frozen.fill_(True)
-        for _m, _t, _i, site_p in sites:
-            site_p._froze = True
-
-
-def _activation_quantizers(model) -> list:
-    from slimkit.quantization.activation import ActivationQuantizer
-
-    return [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+    def stats(self) -> dict:
+        return {"quantized_tensors": Sum(1)}
 
 
 def quantized_weights(model):

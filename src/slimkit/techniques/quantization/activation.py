@@ -15,9 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from slimkit.quantization.config import QuantizationConfig
-from slimkit.quantization.fake_quant import fake_quant
-from slimkit.quantization.observers import make_observer
+from slimkit.core.state import SlimState, Sum
+from slimkit.techniques.quantization.config import QuantizationConfig
+from slimkit.techniques.quantization.fake_quant import fake_quant
+from slimkit.techniques.quantization.observers import make_observer
 
 INPUT, OUTPUT = "sk_input_quant", "sk_output_quant"
 
@@ -43,7 +44,7 @@ def _exporting() -> bool:
     return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
-class ActivationQuantizer(nn.Module):
+class ActivationQuantizer(SlimState, nn.Module):
     """Observes a tensor, then fake-quantizes it per tensor with the observed range.
 
     PTQ: observes while ``calibrating`` (float passes through), then quantizes with the
@@ -54,9 +55,16 @@ class ActivationQuantizer(nn.Module):
     ORT drops in front of QuantizeLinear because the quantized range lies inside it.
     """
 
+    # The observed range moves in QAT's forward passes, on each rank's own batch: over a
+    # distributed job the ranges are reduced (min of lo, max of hi) where a rank has one.
+    sync_rules = {"lo": "min", "hi": "max", "calibrated": "any", "frozen": "any"}
+    sync_valid = "calibrated"
+
     def __init__(self, cfg: QuantizationConfig, qat: bool = False, relu_first: bool = False,
-                 relu_cap: float | None = None):
+                 relu_cap: float | None = None, freeze_step: int | None = None,
+                 group: str = ""):
         super().__init__()
+        self.freeze_step, self.group = freeze_step, group
         self.dtype = cfg.activation_dtype
         self.symmetric = cfg.activation_scheme == "symmetric"
         self.observer_name, self.percentile = cfg.observer, cfg.percentile
@@ -69,6 +77,33 @@ class ActivationQuantizer(nn.Module):
         self.register_buffer("hi", torch.zeros(()))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.register_buffer("frozen", torch.zeros((), dtype=torch.bool))
+        # Advanced by sk.Scheduler; the range freezes at freeze_step (QAT).
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before activation quantizers had a step count: the frozen flag
+        # they stored already says whether the range moves.
+        state_dict.setdefault(f"{prefix}step", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @classmethod
+    def on_step(cls, model: nn.Module, sites: list) -> None:
+        for site in sites:
+            q = site.state
+            if q.freeze_step is not None and int(q.step) >= q.freeze_step and not bool(q.frozen):
+                q.frozen.fill_(True)
+
+    def stats(self) -> dict:
+        return {"observers": Sum(1), "observers_calibrated": Sum(bool(self.calibrated)),
+                "observers_frozen": Sum(bool(self.frozen))}
+
+    def layer_stats(self) -> dict:
+        if not bool(self.calibrated):
+            return {}
+        return {"range_lo": float(self.lo), "range_hi": float(self.hi)}
+
+    def moves_in_forward(self) -> bool:
+        return self.qat and self.training and not bool(self.frozen)
 
     @property
     def levels(self) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from slimkit.core.config import Config
-from slimkit.pruning.schedules import ConstantSparsity, PruningSchedule
+from slimkit.techniques.pruning.schedules import ConstantSparsity, PruningSchedule
 
 
 @dataclass
@@ -30,7 +30,7 @@ class MagnitudePruningConfig(Config):
         block_reduce: how a block's magnitude is scored: ``"mean"`` or ``"max"`` of ``|w|``.
         pattern: ``"N:M"`` (e.g. ``"2:4"``) for N:M sparsity: in every group of M consecutive
             weights along the input dimension at most N are non-zero (see
-            :mod:`slimkit.pruning.nm`). The layer's final sparsity is then ``1 - N/M``; the
+            :mod:`slimkit.techniques.pruning.nm`). The layer's final sparsity is then ``1 - N/M``; the
             schedule only sets the pace: at step ``t`` the fraction ``s(t) / s_final`` of each
             layer's groups is N:M-pruned.
     """
@@ -44,10 +44,7 @@ class MagnitudePruningConfig(Config):
     def __post_init__(self):
         if isinstance(self.schedule, (int, float)) and not isinstance(self.schedule, bool):
             if not 0.0 <= self.schedule < 1.0:
-                raise ValueError(
-                    f"sparsity must be in [0, 1), got {self.schedule!r} "
-                    "(MagnitudePruningConfig.schedule)"
-                )
+                self._fail("schedule", f"sparsity must be in [0, 1), got {self.schedule!r}")
             self.schedule = ConstantSparsity(float(self.schedule))
         self._require(
             isinstance(self.schedule, PruningSchedule), "schedule",
@@ -64,7 +61,7 @@ class MagnitudePruningConfig(Config):
         )
         self._require(self.block_reduce in ("mean", "max"), "block_reduce", "'mean' or 'max'")
         if self.pattern is not None:
-            from slimkit.pruning.nm import final_sparsity, parse_pattern
+            from slimkit.techniques.pruning.nm import final_sparsity, parse_pattern
 
             self._require(parse_pattern(self.pattern) is not None, "pattern",
                           "None or 'N:M' with integers 0 < N < M, e.g. '2:4'")
@@ -73,17 +70,15 @@ class MagnitudePruningConfig(Config):
             self._require(self.scope == "layer", "scope",
                           "'layer' when a pattern is set (every group keeps N of M)")
             if final_sparsity(self.schedule) <= 0.0:
-                raise ValueError(
-                    f"with pattern={self.pattern!r} the schedule must end above sparsity 0 (it "
-                    f"sets the pace of N:M pruning), got {self.schedule!r} "
-                    "(MagnitudePruningConfig.schedule)"
-                )
+                self._fail("schedule", f"with pattern={self.pattern!r} the schedule must end "
+                           f"above sparsity 0 (it sets the pace of N:M pruning), got "
+                           f"{self.schedule!r}")
 
     @property
     def nm(self) -> tuple[int, int] | None:
         """``(N, M)`` of :attr:`pattern`, or None."""
         if self.pattern is None:
             return None
-        from slimkit.pruning.nm import parse_pattern
+        from slimkit.techniques.pruning.nm import parse_pattern
 
         return parse_pattern(self.pattern)

@@ -24,10 +24,10 @@ import torch.nn as nn
 from slimkit.core.parametrize import expand_tied, get_module, raw_tensor, register
 from slimkit.core.records import group_id
 from slimkit.core.selection import _owns_unknown_weight, module_type, select_weights, weight_names
-from slimkit.quantization.activation import ActivationQuantizer, DynamicQuantizer, attach
-from slimkit.quantization.config import QATConfig, QuantizationConfig
-from slimkit.quantization.fake_quant import WeightFakeQuant
-from slimkit.quantization.graph import analyze, fold_batchnorm
+from slimkit.techniques.quantization.activation import ActivationQuantizer, DynamicQuantizer, attach
+from slimkit.techniques.quantization.config import QATConfig, QuantizationConfig
+from slimkit.techniques.quantization.fake_quant import WeightFakeQuant
+from slimkit.techniques.quantization.graph import analyze, fold_batchnorm
 
 _CONV = (nn.Conv1d, nn.Conv2d)
 # Weight-only in every mode: a lookup (no matmul to speed up) and ConvTranspose (no int8
@@ -100,8 +100,14 @@ def select_layers(model: nn.Module, config: QuantizationConfig, targets, ignore)
     return layers
 
 
-def prepare(model: nn.Module, config: QuantizationConfig, layers: list) -> None:
-    """Attach weight fake-quant and activation quantizers to ``layers`` (in place)."""
+def prepare(model: nn.Module, config: QuantizationConfig, layers: list, *,
+            weights: bool = True, activations: bool = True) -> None:
+    """Attach weight fake-quant and activation quantizers to ``layers`` (in place).
+
+    ``weights=False`` attaches only the activation quantizers (a model stripped after
+    quantization: its weights are already baked on the grid); ``activations=False`` only the
+    weight fake-quant (export of such a stripped model puts it back on the copy).
+    """
     qat = isinstance(config, QATConfig)
     names = [m for m, _ in layers]
     for name in names:
@@ -113,7 +119,7 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list) -> None:
     active = [n for n in names
               if config.mode == "weight_only" or not isinstance(get_module(model, n), _WEIGHT_ONLY)]
     info = None
-    if config.mode == "static":
+    if config.mode == "static" and activations:
         info = analyze(model, set(active))
         if config.fold_bn and info.bn_after:
             for conv, bn in info.bn_after.items():
@@ -122,7 +128,7 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list) -> None:
 
     group = group_id(model, "quant")
     freeze = getattr(config, "freeze_observers_step", None)
-    for sites in expand_tied(model, layers):
+    for sites in expand_tied(model, layers) if weights else []:
         mname, tname = sites[0]
         module = get_module(model, mname)
         cfg = config.for_layer(mname, module)
@@ -138,20 +144,23 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list) -> None:
                             freeze_step=freeze, group=group)
         register(model, sites, p)
 
-    for mname in active:
+    for mname in active if activations else []:
         module = get_module(model, mname)
         cfg = config.for_layer(mname, module)
         if config.mode == "dynamic":
             attach(module, DynamicQuantizer(), None)
         elif config.mode == "static":
             shared = info.input_from.get(mname)
-            in_q = None if shared else ActivationQuantizer(cfg, qat=qat)
+            in_q = None if shared else ActivationQuantizer(cfg, qat=qat, freeze_step=freeze,
+                                                            group=group)
             relu = config.fuse_relu and mname in info.fused_relu
             cap = info.relu_cap.get(mname) if relu else None
-            attach(module, in_q, ActivationQuantizer(cfg, qat=qat, relu_first=relu, relu_cap=cap))
+            attach(module, in_q, ActivationQuantizer(cfg, qat=qat, relu_first=relu, relu_cap=cap,
+                                                     freeze_step=freeze, group=group))
             # The producer's quantized output reaches this layer on its grid already; export
             # re-quantizes it with the producer's parameters so ORT sees Q/DQ on the input.
             object.__setattr__(module, "_sk_input_from", shared)
-    if config.mode == "static":
+    if config.mode == "static" and activations:
         for owner in sorted(info.block_outputs):
-            attach(get_module(model, owner), None, ActivationQuantizer(config, qat=qat))
+            attach(get_module(model, owner), None,
+                   ActivationQuantizer(config, qat=qat, freeze_step=freeze, group=group))

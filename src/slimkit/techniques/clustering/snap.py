@@ -23,9 +23,11 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from slimkit.clustering.codebook import as_rows, assign, label_dtype
-from slimkit.clustering.config import ClusteringConfig
+from slimkit.techniques.clustering.codebook import as_rows, assign, label_dtype
+from slimkit.techniques.clustering.config import ClusteringConfig
 from slimkit.core.parametrize import SlimParametrization, get_module, input_of
+from slimkit.core.stages import register_stage
+from slimkit.core.state import Max, Sum
 
 
 class _Snap(torch.autograd.Function):
@@ -54,7 +56,7 @@ class _Snap(torch.autograd.Function):
 class ClusterSnap(SlimParametrization):
     """Snap a weight to shared centroids: (k,) per tensor or (channels, k) per channel."""
 
-    stage = "cluster"
+    stage = register_stage("cluster", 200)
 
     def __init__(self, centroids: torch.Tensor, labels: torch.Tensor, fixed: torch.Tensor,
                  config: ClusteringConfig, dtype: torch.dtype = torch.float32, group: str = ""):
@@ -122,6 +124,27 @@ class ClusterSnap(SlimParametrization):
             sticky = on_zero | (rows == 0)
         labels = assign(rows, c, fixed, sticky)
         self.labels.copy_(labels.reshape(self.labels.shape))
+
+    def used_values(self) -> int:
+        """Most distinct values any one codebook actually uses (one row with per_channel)."""
+        c = self.centroids.detach()
+        if self.config.preserve_sparsity:
+            c = c.masked_fill(self.fixed, 0.0)
+        if c.dim() == 1:
+            return int(c[self.labels.long().unique()].unique().numel())
+        rows = self.labels.reshape(c.shape[0], -1).long()
+        return max(int(c[i][rows[i].unique()].unique().numel()) for i in range(c.shape[0]))
+
+    def stats(self) -> dict:
+        return {"clusters": Max(self.used_values()), "clustered_tensors": Sum(1)}
+
+    def layer_stats(self) -> dict:
+        return {"clusters": float(self.used_values())}
+
+    def original_unused(self) -> bool:
+        # Without refreshes the output is built from centroids and labels alone: the weight
+        # under the snap gets no gradient (DDP must be told).
+        return not self.config.refresh_every
 
     def extra_repr(self) -> str:
         shape = "x".join(str(s) for s in self.centroids.shape)
