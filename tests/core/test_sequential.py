@@ -169,3 +169,11 @@ def test_linear_input_stats_shared_input_and_selection():
     torch.testing.assert_close(stats.hessian["self_attn.q_proj"], stats.hessian["self_attn.k_proj"])
     with pytest.raises(ValueError, match="nope"):
         LinearInputStats(block, layers=["nope"])
+
+
+def test_identical_kwargs_are_stored_once():
+    model = tiny_llama()
+    inputs = capture_block_inputs(model, batches(n=3), model.model.layers[0])
+    cos = [kw["position_embeddings"][0] for _, kw in inputs.items]
+    assert cos[1] is cos[0] and cos[2] is cos[0]           # same positions: one tensor
+    assert inputs.items[1][0][0] is not inputs.items[0][0][0]   # hidden states differ

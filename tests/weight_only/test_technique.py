@@ -164,7 +164,7 @@ def test_pre_export_notes(llama):
     model = quantized(llama, group_size=32, algorithm="hqq", symmetric=False)
     ctx = ExportContext()
     wo.TECHNIQUE.pre_export(model, ctx)
-    rows = ctx.notes["weight-only"]
+    rows = ctx.notes["weight-only"]["rows"]
     assert len(rows) == 14 and rows[0][5:] == (4, 32)
     assert not quant_of(model.get_submodule(rows[0][0])).integer_zeros   # HQQ asymmetric
 

@@ -231,6 +231,8 @@ def capture_block_inputs(model: nn.Module, batches: Sequence, block: nn.Module) 
         args = _move(tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args),
                      torch.device("cpu"), dtype)
         kwargs = _move(_detach_cache(kwargs), torch.device("cpu"), dtype)
+        if captured:
+            kwargs = _share_equal(kwargs, captured[0][1])
         captured.append((args, kwargs))
         raise _StopForward
 
@@ -256,6 +258,24 @@ def capture_block_inputs(model: nn.Module, batches: Sequence, block: nn.Module) 
     finally:
         handle.remove()
     return BlockInputs(captured, device)
+
+
+def _share_equal(value: Any, first: Any) -> Any:
+    """``value`` with every tensor equal to the first batch's counterpart replaced by it.
+
+    Attention masks and rotary embeddings are usually the same for every batch (a 512-token
+    causal mask is 1 MB): keeping one copy saves that much per calibration batch.
+    """
+    if isinstance(value, torch.Tensor):
+        if (isinstance(first, torch.Tensor) and first.shape == value.shape
+                and first.dtype == value.dtype and torch.equal(first, value)):
+            return first
+        return value
+    if isinstance(value, tuple) and isinstance(first, tuple) and len(value) == len(first):
+        return tuple(_share_equal(v, f) for v, f in zip(value, first))
+    if isinstance(value, dict) and isinstance(first, dict):
+        return {k: _share_equal(v, first.get(k)) for k, v in value.items()}
+    return value
 
 
 def block_outputs(block: nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:

@@ -208,7 +208,17 @@ class WeightOnlyTechnique(Technique):
         return None
 
     def pre_export(self, model, ctx) -> None:
-        ctx.notes[self.name] = weight_only_layers(model)
+        # The MatMulNBits writer (onnx.py) notes what it needs (codes, baked weights, kernel
+        # level) under ctx.notes["weight-only"]; the accessor's rows go beside them.
+        from slimkit.techniques.weight_only import onnx as onnx_hooks
+
+        onnx_hooks.pre_export(model, ctx)
+        ctx.notes.setdefault(self.name, {})["rows"] = weight_only_layers(model)
+
+    def post_export(self, proto, ctx):
+        from slimkit.techniques.weight_only import onnx as onnx_hooks
+
+        return onnx_hooks.post_export(proto, ctx)
 
 
 def _block_prefixes(model: nn.Module) -> list[str]:
