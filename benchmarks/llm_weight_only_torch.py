@@ -96,16 +96,35 @@ def run_one(setting: str, args) -> dict:
             row["calibration_tokens"] = args.calib_n * args.seq_len
         with PeakRSS() as mem:
             t = time.perf_counter()
-            if data is None:
+            if args.blocks and data is not None:
+                # Probe: prepare everything, calibrate only the first N blocks (timing and
+                # memory of the engine at full calibration size; no perplexity).
+                from slimkit.core.sequential import find_blocks
+                from slimkit.techniques.weight_only.calibrate import calibrate_model
+
+                layers = wo.TECHNIQUE.select(model, cfg, None, None)
+                wo.TECHNIQUE.prepare(model, cfg, layers)
+                row["prepare_s"] = time.perf_counter() - t
+                calibrate_model(model, cfg, data, progress=not args.quiet,
+                                blocks=find_blocks(model)[: args.blocks])
+                row["blocks_calibrated"] = args.blocks
+            elif data is None:
                 sk.quantize(model, cfg)
             else:
                 sk.quantize(model, cfg, calibration=data, progress=not args.quiet)
             row["quantize_s"] = time.perf_counter() - t
         del data
         row["peak_rss_quantize_mb"] = mem.peak
-        # Memory the quantization added on top of the interpreter and libraries, vs the model.
+        # Memory on top of the interpreter and libraries, vs the model: from the RSS before
+        # loading, and from the RSS after loading minus the model (the GGUF conversion
+        # leaves a few hundred MB of freed-but-kept heap behind).
         row["peak_over_model"] = (mem.peak - rss_start) / model_mb
+        row["peak_over_model_after_load"] = (mem.peak - rss_loaded + model_mb) / model_mb
         row["config"] = cfg.to_dict()
+        if args.blocks:
+            row["cpu_s"] = time.process_time()
+            print("RESULT " + json.dumps(row), flush=True)
+            return row
     t = time.perf_counter()
     ppl = perplexity(model, tok, heldout, window=512, max_tokens=args.eval_tokens)
     row["eval_s"] = time.perf_counter() - t
@@ -125,6 +144,8 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=8192, help="held-out tokens scored")
     ap.add_argument("--out", default=str(HERE / "results" / "llm_weight_only_torch.json"))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--blocks", type=int, default=0,
+                    help="probe: calibrate only the first N blocks (time and memory only)")
     ap.add_argument("--one", help=argparse.SUPPRESS)     # child process: run one setting
     args = ap.parse_args()
     if args.one:
@@ -141,6 +162,11 @@ def main() -> None:
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
         rows.append(json.loads(line[len("RESULT "):]))
         r = rows[-1]
+        if "perplexity" not in r:
+            print(f"{r['setting']:>5}: {r['blocks_calibrated']} block(s) in {r['quantize_s']:.1f} s"
+                  f" (prepare {r['prepare_s']:.1f} s), peak RSS {r['peak_rss_quantize_mb']:.0f} MB",
+                  flush=True)
+            continue
         print(f"{r['setting']:>5}: perplexity {r['perplexity']:.3f} on {r['eval_tokens']} tokens"
               + (f", quantize {r['quantize_s']:.1f} s, peak RSS {r['peak_rss_quantize_mb']:.0f} MB"
                  f" ({r['peak_over_model']:.2f}x the {r['model_mb']:.0f} MB model over the "
@@ -149,6 +175,8 @@ def main() -> None:
     print("\n| setting | perplexity | gap to fp32 | quantize (s) | peak RSS (MB) |")
     print("|---|---|---|---|---|")
     for r in rows:
+        if "perplexity" not in r:
+            continue
         gap = f"{r['perplexity'] - fp:+.3f}" if fp is not None else "-"
         q = f"{r['quantize_s']:.1f}" if "quantize_s" in r else "-"
         m = f"{r['peak_rss_quantize_mb']:.0f}" if "peak_rss_quantize_mb" in r else "-"
@@ -158,14 +186,15 @@ def main() -> None:
     # Merge with earlier runs of other settings (one setting per invocation is common).
     out = Path(args.out)
     old = json.loads(out.read_text())["rows"] if out.exists() else []
-    key = (args.bits, args.group_size, args.asymmetric, args.calib_n, args.eval_tokens)
+    key = (args.bits, args.group_size, args.asymmetric, args.calib_n, args.eval_tokens,
+           args.blocks)
     kept = [r for r in old if tuple(r.get("key", ())) != key or
             r["setting"] not in {x["setting"] for x in rows}]
     for r in rows:
         r["key"] = list(key)
     write_results(out, {"benchmark": "llm_weight_only_torch", "rows": kept + rows,
                         "machine": f"{os.cpu_count()} cpus",
-                        "key": "bits, group_size, asymmetric, calib_n, eval_tokens"})
+                        "key": "bits, group_size, asymmetric, calib_n, eval_tokens, blocks"})
     print(f"wrote {out}")
 
 

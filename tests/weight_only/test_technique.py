@@ -79,7 +79,9 @@ def test_awq_folds_scales_exactly():
     """After AWQ the float model (before rounding) is the original one: 1/s went into the
     norms and the up_proj / v_proj rows."""
     base = tiny_llama()
-    model = quantized(copy.deepcopy(base), algorithm="awq", group_size=32, awq_clip=False)
+    # Exactness does not depend on the search quality: a short search keeps the test fast.
+    model = quantized(copy.deepcopy(base), algorithm="awq", group_size=32, awq_clip=False,
+                      awq_grid=5, awq_search_tokens=256)
     held_out = token_batches(n=2, seed=7)
     norm = model.model.layers[0].input_layernorm.weight
     assert not torch.allclose(norm, base.model.layers[0].input_layernorm.weight)   # scaled
@@ -88,6 +90,25 @@ def test_awq_folds_scales_exactly():
         got = logits(model, held_out)
     for a, b in zip(got, logits(base, held_out)):
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
+
+
+def test_awq_leaves_inputs_shared_with_unquantized_layers_alone():
+    """With v_proj ignored, q/k's input (also v's) cannot be rescaled: the norm stays."""
+    base = tiny_llama()
+    model = copy.deepcopy(base)
+    cfg = wo.WeightOnlyConfig(algorithm="awq", group_size=32, awq_clip=False, awq_grid=5,
+                              awq_search_tokens=256)
+    sk.quantize(model, cfg, calibration=token_batches(n=8, batch=4, seq=64),
+                ignore=["*.v_proj"], progress=False)
+    layer, ref = model.model.layers[0], base.model.layers[0]
+    assert torch.equal(layer.input_layernorm.weight, ref.input_layernorm.weight)
+    assert not torch.equal(layer.post_attention_layernorm.weight,
+                           ref.post_attention_layernorm.weight)        # gate/up still scaled
+    quants = [quant_of(m) for m in model.modules() if quant_of(m) is not None]
+    held_out = token_batches(n=1, seed=7)
+    with float_mode(quants):
+        got = logits(model, held_out)
+    torch.testing.assert_close(got[0], logits(base, held_out)[0], atol=2e-4, rtol=1e-4)
 
 
 def test_tied_embedding_and_head_share_one_parametrization():

@@ -75,11 +75,12 @@ def block_quants(block: nn.Module) -> dict[str, tuple[nn.Module, WeightOnlyQuant
 
 
 def calibrate_model(model: nn.Module, config: WeightOnlyConfig, batches, *,
-                    progress: bool = True) -> None:
-    """GPTQ or AWQ (``config.algorithm``) over every block of a prepared ``model``."""
+                    progress: bool = True, blocks=None) -> None:
+    """GPTQ or AWQ (``config.algorithm``) over every block of a prepared ``model``
+    (or only ``blocks``, ``[(name, module)]`` as :func:`find_blocks` gives them)."""
     on_block = _gptq_block if config.algorithm == "gptq" else _awq_block
     run_sequential(model, batches, lambda name, block, inputs: on_block(block, inputs, config),
-                   progress=progress)
+                   progress=progress, blocks=blocks)
 
 
 # -- GPTQ -------------------------------------------------------------------------------------
@@ -133,7 +134,7 @@ def _scale_groups(block: nn.Module, quants: dict, inputs: BlockInputs) -> list[d
     handles = []
     modules = dict(block.named_modules())
     for name, m in modules.items():
-        if name in quants:
+        if isinstance(m, nn.Linear):
             def pre(mod, args, name=name):
                 consumer_input.setdefault(name, id(args[0]))
                 keep.append(args[0])
@@ -154,9 +155,12 @@ def _scale_groups(block: nn.Module, quants: dict, inputs: BlockInputs) -> list[d
     for name in quants:
         if name in consumer_input:
             by_input.setdefault(consumer_input[name], []).append(name)
+    # An input also read by a Linear left unquantized cannot be rescaled: that layer would
+    # see x / s uncompensated.
+    shared = {consumer_input[n] for n in consumer_input if n not in quants}
     groups = []
     for tid, names in by_input.items():
-        producer = produced.get(tid)
+        producer = produced.get(tid) if tid not in shared else None
         kind = None
         if producer is not None:
             pm = modules[producer]
@@ -166,7 +170,7 @@ def _scale_groups(block: nn.Module, quants: dict, inputs: BlockInputs) -> list[d
             elif isinstance(getattr(pm, "weight", None), torch.Tensor) and \
                     tuple(pm.weight.shape) == (width,):
                 kind = "norm"
-        if kind is None and len(names) == 1:
+        if kind is None and len(names) == 1 and tid not in shared:
             parent, _, leaf = names[0].rpartition(".")
             owner = modules[parent] if parent else block
             prefix = f"{parent}." if parent else ""

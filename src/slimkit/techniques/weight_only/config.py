@@ -62,7 +62,7 @@ class WeightOnlyConfig(Config):
     awq_objective: str = field(default="module", metadata=_help(
         "AWQ: the output whose error the scale search minimises: 'module' (the attention or "
         "MLP the layers belong to, as the AWQ paper does) or 'block' (the whole block)"))
-    awq_search_tokens: int = field(default=8192, metadata=_help(
+    awq_search_tokens: int = field(default=2048, metadata=_help(
         "AWQ: calibration tokens (whole batches) replayed by each scale search (>= 1)"))
     hqq_iterations: int = field(default=20, metadata=_help(
         "HQQ: half-quadratic solver iterations (>= 1)"))
