@@ -12,13 +12,15 @@ import torch.nn as nn
 
 from slimkit.core.records import records
 from slimkit.core.technique import Technique
+from slimkit.techniques.quantization.adaround import adaround, check_rounded
+from slimkit.techniques.quantization.bias_correction import correct_bias_empirical
 from slimkit.techniques.quantization.calibrate import calibrate
-from slimkit.techniques.quantization.config import QATConfig, QuantizationConfig
+from slimkit.techniques.quantization.config import AdaRoundConfig, QATConfig, QuantizationConfig
 from slimkit.techniques.quantization.export import post_export, pre_export, stored_weights
 from slimkit.techniques.quantization.fake_quant import QUANT_STAGE
 from slimkit.techniques.quantization.prepare import prepare, select_layers
 
-PTQ, QAT = "quantization", "qat"
+PTQ, QAT, ADAROUND = "quantization", "qat", "adaround"
 
 
 def quantize(model: nn.Module, config: QuantizationConfig, calibration=None, targets=None,
@@ -72,6 +74,22 @@ class PostTrainingQuantization(Technique):
     def needs_calibration(self, config):
         return config.mode == "static" and not isinstance(config, QATConfig)
 
+    def missing_calibration(self, config, verb):
+        return ("static quantization needs calibration data: sk.quantize(model, config, "
+                "calibration=loader_or_tensor); or use QuantizationConfig(mode='dynamic'), "
+                "which needs none")
+
+    def apply(self, model, config, *, targets=None, ignore=None, example_inputs=None,
+              calibration=None, **options):
+        if calibration is not None and config.mode != "static":
+            # Refused before anything is prepared: the model stays as it was.
+            raise ValueError(
+                f"calibration is only used with mode='static', got mode={config.mode!r} "
+                f"({type(config).__name__}.mode); drop calibration= or use mode='static'"
+            )
+        return super().apply(model, config, targets=targets, ignore=ignore,
+                             example_inputs=example_inputs, calibration=calibration, **options)
+
     def calibrate(self, model, config, data, *, batch_size: int = 32, progress: bool = True):
         if config.mode != "static":
             raise ValueError(
@@ -79,6 +97,11 @@ class PostTrainingQuantization(Technique):
                 f"({type(config).__name__}.mode); drop calibration= or use mode='static'"
             )
         calibrate(model, data, batch_size=batch_size, progress=progress)
+        if config.bias_correction == "empirical":
+            # Measured on the whole simulation (int8 activations included), then the ranges
+            # are observed again on the corrected model.
+            correct_bias_empirical(model, data, batch_size=batch_size)
+            calibrate(model, data, batch_size=batch_size, progress=progress)
 
     def survives_strip(self, record):
         return True
@@ -112,12 +135,47 @@ class QuantizationAwareTraining(PostTrainingQuantization):
     description = "Quantization-aware training: fake-quant with straight-through gradients."
 
     def needs_calibration(self, config):
-        return False
+        return config.bias_correction == "empirical"
 
     def calibrate(self, model, config, data, *, batch_size: int = 32, progress: bool = True):
         # Optional for QAT: starts the activation ranges from data instead of the first steps.
         calibrate(model, data, batch_size=batch_size, progress=progress)
+        if config.bias_correction == "empirical":
+            correct_bias_empirical(model, data, batch_size=batch_size)
+            calibrate(model, data, batch_size=batch_size, progress=progress)
+
+
+class AdaRoundQuantization(PostTrainingQuantization):
+    """The ``adaround`` technique: PTQ whose weight rounding is learned on calibration data.
+
+    Static mode (W{bits}A8): activation ranges are calibrated first, so each layer's input
+    during the optimisation carries the int8 activation grid; AdaRound then rounds the layers
+    in execution order; bias correction (if asked) and the activation ranges are measured
+    again on the rounded model. Weight-only mode (W{bits}A16) rounds with float activations.
+    """
+
+    name = ADAROUND
+    config_cls = AdaRoundConfig
+    description = "AdaRound: post-training 8/4/3-bit weights with rounding learned per layer."
+
+    def needs_calibration(self, config):
+        return True
+
+    def calibrate(self, model, config, data, *, batch_size: int = 32, progress: bool = True):
+        static = config.mode == "static"
+        if static:
+            calibrate(model, data, batch_size=batch_size, progress=progress)
+        adaround(model, config, data, batch_size=batch_size, progress=progress)
+        if config.bias_correction == "empirical":
+            correct_bias_empirical(model, data, batch_size=batch_size)
+        if static:
+            calibrate(model, data, batch_size=batch_size, progress=progress)
+
+    def pre_export(self, model, ctx):
+        check_rounded(model)
+        super().pre_export(model, ctx)
 
 
 TECHNIQUE = PostTrainingQuantization()
 QAT_TECHNIQUE = QuantizationAwareTraining()
+ADAROUND_TECHNIQUE = AdaRoundQuantization()

@@ -26,6 +26,11 @@ WEIGHT_SCHEMES = ("symmetric",)
 # Fields a per-layer override may change (the activation scheme is global: a tensor shared by
 # two layers must have one scale).
 OVERRIDABLE = ("weight_bits", "group_size", "per_channel", "narrow_range", "observer", "percentile")
+BIAS_CORRECTIONS = (None, "empirical", "bn")
+# Weight widths of the configs that train or optimise their rounding (QAT, AdaRound): 3- and
+# 4-bit integers, stored in int8 containers next to int8 activations (ORT runs its int8
+# kernels on them) and in int4 containers in weight-only mode.
+LOW_BITS = (3, 4, 8)
 
 
 def _is_int(v) -> bool:
@@ -60,6 +65,15 @@ class QuantizationConfig(Config):
             fuses Conv+ReLU (needs a model that ``torch.fx`` can trace; otherwise skipped).
         overrides: ``{layer pattern: {field: value}}`` per-layer changes of the fields in
             ``OVERRIDABLE``, e.g. ``{"fc2": {"weight_bits": 8}}``; patterns as in ``targets``.
+        equalize: cross-layer equalization before quantizing (static mode): consecutive
+            conv/linear pairs through ReLU / ReLU6 (depthwise-separable blocks included, BN
+            folded first) are rescaled per channel so both weights have equal ranges; the
+            float model computes the same function (a ReLU6 between a pair becomes a ReLU,
+            as AIMET does). Layers left out are listed in a warning.
+        bias_correction: ``None``, ``"empirical"`` (calibration data: each layer's mean output
+            error against the float model is subtracted from its bias) or ``"bn"`` (data-free:
+            the error of the quantized weight times the input mean that the BatchNorm before
+            the layer implies). Static mode.
     """
 
     mode: str = "static"
@@ -76,17 +90,30 @@ class QuantizationConfig(Config):
     fold_bn: bool = True
     fuse_relu: bool = True
     overrides: dict = field(default_factory=dict)
+    equalize: bool = False
+    bias_correction: str | None = None
 
-    def __post_init__(self):
-        self._require(self.mode in MODES, "mode", f"one of {MODES}")
+    def _check_weight_bits(self) -> None:
         self._require(
             _is_int(self.weight_bits) and self.weight_bits in (4, 8), "weight_bits",
             "8, or 4 with mode='weight_only'",
         )
         self._require(
             self.weight_bits == 8 or self.mode == "weight_only", "weight_bits",
-            f"8 with mode={self.mode!r} (4-bit weights need mode='weight_only')",
+            f"8 with mode={self.mode!r} (4-bit weights need mode='weight_only'; 3- and 4-bit "
+            "weights with int8 activations: QATConfig or AdaRoundConfig)",
         )
+
+    def _check_low_bits(self) -> None:
+        # QAT and AdaRound make low-bit weights usable: 3, 4 or 8 bits in any mode but dynamic.
+        self._require(_is_int(self.weight_bits) and self.weight_bits in LOW_BITS, "weight_bits",
+                      f"one of {LOW_BITS}")
+        self._require(self.weight_bits == 8 or self.mode != "dynamic", "weight_bits",
+                      "8 with mode='dynamic' (3/4-bit weights: mode='static' or 'weight_only')")
+
+    def __post_init__(self):
+        self._require(self.mode in MODES, "mode", f"one of {MODES}")
+        self._check_weight_bits()
         self._require(
             self.group_size is None or (_is_int(self.group_size) and self.group_size >= 2),
             "group_size", "None (per channel) or an integer >= 2",
@@ -121,6 +148,15 @@ class QuantizationConfig(Config):
                           f"(unknown: {unknown})")
             # Validate the per-layer result now, not when the model is prepared.
             dataclasses.replace(self, overrides={}, **changes)
+        self._require(isinstance(self.equalize, bool), "equalize", "True or False")
+        self._require(not self.equalize or self.mode == "static", "equalize",
+                      f"False with mode={self.mode!r} (cross-layer equalization is a step of "
+                      "static quantization and QAT)")
+        self._require(self.bias_correction in BIAS_CORRECTIONS, "bias_correction",
+                      f"one of {BIAS_CORRECTIONS}")
+        self._require(self.bias_correction is None or self.mode == "static", "bias_correction",
+                      f"None with mode={self.mode!r} (bias correction is a step of static "
+                      "quantization and QAT)")
 
     @property
     def quantizes_activations(self) -> bool:
@@ -148,12 +184,23 @@ class QATConfig(QuantizationConfig):
             stop moving (``None``: they follow the data until the end). Freezing for the last
             part of training lets the weights adapt to fixed scales.
 
+        learn_ranges: learned step sizes (LSQ): every weight scale (per channel or per tensor)
+            and every activation scale is a trainable parameter, initialised from the observed
+            range and then moved by the optimizer; export writes the learned scales. The
+            activation ranges then do not freeze (``freeze_observers_step`` must be None).
+        weight_bits: 8, 4 or 3 (low-bit weights with int8 activations are stored in int8
+            containers, so ONNX Runtime runs its int8 kernels on them).
+
     The activation observer defaults to ``"moving_average"``: ranges seen early in training
     are stale later on.
     """
 
     observer: str = "moving_average"
     freeze_observers_step: int | None = None
+    learn_ranges: bool = False
+
+    def _check_weight_bits(self) -> None:
+        self._check_low_bits()
 
     def __post_init__(self):
         super().__post_init__()
@@ -162,3 +209,78 @@ class QATConfig(QuantizationConfig):
             or (_is_int(self.freeze_observers_step) and self.freeze_observers_step >= 0),
             "freeze_observers_step", "None or an integer >= 0",
         )
+        self._require(isinstance(self.learn_ranges, bool), "learn_ranges", "True or False")
+        self._require(
+            not (self.learn_ranges and self.freeze_observers_step is not None),
+            "learn_ranges",
+            "False with a frozen quantizer (freeze_observers_step="
+            f"{self.freeze_observers_step}): learned ranges are trained, not frozen; set "
+            "freeze_observers_step=None",
+        )
+        self._require(not self.learn_ranges or self.mode != "dynamic", "learn_ranges",
+                      "False with mode='dynamic' (its activation ranges are measured at run time)")
+
+
+@dataclass
+class AdaRoundConfig(QuantizationConfig):
+    """AdaRound: post-training weight quantization whose rounding is learned layer by layer.
+
+    All :class:`QuantizationConfig` fields apply (the activation setting is the mode's:
+    ``"static"`` gives W{bits}A8, ``"weight_only"`` W{bits}A16), with weights at 8, 4 or 3 bits
+    per output channel (or per tensor). Each layer, in execution order, learns whether each
+    weight rounds up or down so that its output on the calibration data (its input taken from
+    the already-quantized layers before it) matches the float model's; the learned integers
+    are baked into the weight, so export writes exactly them. Needs calibration data.
+
+    Attributes:
+        rounding: ``"adaround"`` (learned) or ``"nearest"`` (round to nearest: the baseline
+            at the same bits, same artifact format).
+        iterations: optimisation steps per layer.
+        regularization: weight of the term that pushes each rounding to a hard 0 or 1.
+        beta: the annealing of that term's exponent, from ``beta[0]`` to ``beta[1]``.
+        warmup: share of the iterations without the rounding term (reconstruction only).
+        learning_rate: Adam's learning rate on the rounding variables.
+        batch_size: calibration samples per step.
+        seed: the order in which calibration samples are drawn.
+
+    Example:
+        >>> sk.quantize(model, AdaRoundConfig(weight_bits=4), calibration=x_train[:256])  # W4A8
+    """
+
+    rounding: str = "adaround"
+    iterations: int = 1000
+    regularization: float = 0.01
+    beta: tuple = (20.0, 2.0)
+    warmup: float = 0.2
+    learning_rate: float = 1e-2
+    batch_size: int = 32
+    seed: int = 0
+
+    def _check_weight_bits(self) -> None:
+        self._check_low_bits()
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._require(self.rounding in ("adaround", "nearest"), "rounding",
+                      "'adaround' or 'nearest'")
+        self._require(self.mode != "dynamic", "mode",
+                      "'static' (W{bits}A8) or 'weight_only' (W{bits}A16) for AdaRound")
+        self._require(self.group_size is None, "group_size",
+                      "None (AdaRound learns per-channel or per-tensor grids)")
+        self._require(_is_int(self.iterations) and self.iterations >= 1, "iterations",
+                      "an integer >= 1")
+        self._require(isinstance(self.regularization, (int, float)) and self.regularization >= 0,
+                      "regularization", "a number >= 0")
+        self.beta = tuple(self.beta) if isinstance(self.beta, (list, tuple)) else self.beta
+        self._require(
+            isinstance(self.beta, tuple) and len(self.beta) == 2
+            and all(isinstance(b, (int, float)) and b > 0 for b in self.beta),
+            "beta", "two positive numbers (start, end), e.g. (20, 2)",
+        )
+        self._require(isinstance(self.warmup, (int, float)) and 0 <= self.warmup < 1, "warmup",
+                      "a number in [0, 1)")
+        self._require(isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0,
+                      "learning_rate", "a number > 0")
+        self._require(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size",
+                      "an integer >= 1")
+        self._require(_is_int(self.seed), "seed", "an integer")

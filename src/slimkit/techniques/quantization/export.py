@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from slimkit.core.parametrize import get_module
 from slimkit.export.pipeline import drop_debug_metadata
+from slimkit.storage.intcodes import IntCodes, int_initializer
 from slimkit.techniques.quantization.activation import (
     INPUT,
     OUTPUT,
@@ -32,7 +33,6 @@ from slimkit.techniques.quantization.activation import (
     DynamicQuantizer,
     attach,
 )
-from slimkit.storage.intcodes import IntCodes, int_initializer
 from slimkit.techniques.quantization.fake_quant import quantized_weights
 
 NOTES_KEY = "slimkit.techniques.quantization"
@@ -46,6 +46,18 @@ def stored_weights(model: nn.Module) -> dict[str, IntCodes]:
             for key, _module, p, q, scale, _baked in quantized_weights(model)}
 
 
+def _storage_bits(module: nn.Module, bits: int) -> int:
+    """The ONNX container of a weight's integers: int8, or int4 for 3/4-bit weights read by a
+    float op. A layer with quantized activations keeps low-bit weights in int8 so ORT runs its
+    int8 kernels (QLinearConv / QGemm) on them; the values stay in the low-bit range."""
+    if bits == 8:
+        return 8
+    static = isinstance(module._modules.get(INPUT), ActivationQuantizer) or isinstance(
+        module._modules.get(OUTPUT), ActivationQuantizer) or getattr(module, "_sk_input_from",
+                                                                      None)
+    return 8 if static else 4
+
+
 def pre_export(model: nn.Module, ctx) -> None:
     notes = ctx.notes.setdefault(NOTES_KEY, {})
     weights = notes.setdefault("weights", {})
@@ -54,6 +66,7 @@ def pre_export(model: nn.Module, ctx) -> None:
             "q": q.numpy().astype(np.int8), "scale": scale.numpy(), "baked": baked.numpy(),
             "bits": p.bits, "group_size": p.group_size, "narrow": p.narrow,
             "dynamic": isinstance(module._modules.get(INPUT), DynamicQuantizer),
+            "storage_bits": _storage_bits(module, p.bits),
         }
 
     out_scales = []
@@ -118,13 +131,16 @@ def post_export(proto, ctx):
             # exporter shares equal constants) must not find this initializer again.
             graph.initializer.remove(init)
             del inits[init.name]
+            ctx.mark_rewritten(init.name, "quantization")
             continue
-        int4 |= info["bits"] == 4
-        if not (info["bits"] == 8 and _rewrite_gather(graph, init.name, q, scale, info)):
-            IntCodes(q, scale, info["bits"], info["group_size"]).add_dequantize(
+        bits = info.get("storage_bits", info["bits"])
+        int4 |= bits == 4
+        if not (bits == 8 and _rewrite_gather(graph, init.name, q, scale, info)):
+            IntCodes(q, scale, bits, info["group_size"]).add_dequantize(
                 graph, init.name, transposed)
         graph.initializer.remove(init)
         del inits[init.name]
+        ctx.mark_rewritten(init.name, "quantization")
     _merge_duplicate_qdq(graph)
     _drop_noop_relus(graph)
     # The exporter annotates every node with torch stack traces: ~1 KB per Q/DQ node, a fifth

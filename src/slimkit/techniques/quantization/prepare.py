@@ -25,9 +25,17 @@ from slimkit.core.parametrize import expand_tied, get_module, raw_tensor, regist
 from slimkit.core.records import group_id
 from slimkit.core.selection import _owns_unknown_weight, module_type, select_weights, weight_names
 from slimkit.techniques.quantization.activation import ActivationQuantizer, DynamicQuantizer, attach
-from slimkit.techniques.quantization.config import QATConfig, QuantizationConfig
+from slimkit.techniques.quantization.adaround import AdaRoundWeightFakeQuant
+from slimkit.techniques.quantization.bias_correction import (
+    add_zero_biases,
+    correct_bias_bn,
+    warn_skipped,
+)
+from slimkit.techniques.quantization.config import AdaRoundConfig, QATConfig, QuantizationConfig
+from slimkit.techniques.quantization.equalization import equalize, find_chains, warn_left
 from slimkit.techniques.quantization.fake_quant import WeightFakeQuant
 from slimkit.techniques.quantization.graph import analyze, fold_batchnorm
+from slimkit.techniques.quantization.lsq import LearnedActivationQuantizer, LearnedWeightFakeQuant
 
 _CONV = (nn.Conv1d, nn.Conv2d)
 # Weight-only in every mode: a lookup (no matmul to speed up) and ConvTranspose (no int8
@@ -119,12 +127,27 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list, *,
     active = [n for n in names
               if config.mode == "weight_only" or not isinstance(get_module(model, n), _WEIGHT_ONLY)]
     info = None
+    bn_stats = {}
     if config.mode == "static" and activations:
         info = analyze(model, set(active))
         if config.fold_bn and info.bn_after:
+            if config.bias_correction == "bn":
+                bn_stats = _bn_output_stats(model, info.bn_after)
             for conv, bn in info.bn_after.items():
                 fold_batchnorm(model, conv, bn)
             info = analyze(model, set(active))
+        if config.equalize:
+            # After folding (a BatchNorm between two layers would stop the chain), before the
+            # weights get their grids. On a fresh model being rebuilt for sk.load this only
+            # repeats the ReLU6 -> ReLU replacement: the loaded weights overwrite the rest.
+            result = equalize(model, set(active))
+            warn_left(result)
+            for a, s in result.scales.items():
+                if a in bn_stats:
+                    bn_stats[a] = (bn_stats[a][0] / s, bn_stats[a][1] / s)
+            info = analyze(model, set(active))
+        if config.bias_correction is not None and weights:
+            add_zero_biases(model, active)
 
     group = group_id(model, "quant")
     freeze = getattr(config, "freeze_observers_step", None)
@@ -140,10 +163,13 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list, *,
                 f"{group_size} (QuantizationConfig.group_size); pick a divisor or override "
                 f"this layer with overrides={{{mname!r}: {{'group_size': None}}}}"
             )
-        p = WeightFakeQuant(cfg.weight_bits, cfg.per_channel, group_size, cfg.narrow_range,
-                            freeze_step=freeze, group=group)
+        p = _weight_fake_quant(config, cfg, group_size, freeze, group, w)
         register(model, sites, p)
+    if config.mode == "static" and activations and weights and config.bias_correction == "bn":
+        warn_skipped(correct_bias_bn(model, find_chains(model, set(active))[0], bn_stats))
 
+    act_cls = LearnedActivationQuantizer if getattr(config, "learn_ranges", False) \
+        else ActivationQuantizer
     for mname in active if activations else []:
         module = get_module(model, mname)
         cfg = config.for_layer(mname, module)
@@ -151,16 +177,40 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list, *,
             attach(module, DynamicQuantizer(), None)
         elif config.mode == "static":
             shared = info.input_from.get(mname)
-            in_q = None if shared else ActivationQuantizer(cfg, qat=qat, freeze_step=freeze,
-                                                            group=group)
+            in_q = None if shared else act_cls(cfg, qat=qat, freeze_step=freeze, group=group)
             relu = config.fuse_relu and mname in info.fused_relu
             cap = info.relu_cap.get(mname) if relu else None
-            attach(module, in_q, ActivationQuantizer(cfg, qat=qat, relu_first=relu, relu_cap=cap,
-                                                     freeze_step=freeze, group=group))
+            attach(module, in_q, act_cls(cfg, qat=qat, relu_first=relu, relu_cap=cap,
+                                         freeze_step=freeze, group=group))
             # The producer's quantized output reaches this layer on its grid already; export
             # re-quantizes it with the producer's parameters so ORT sees Q/DQ on the input.
             object.__setattr__(module, "_sk_input_from", shared)
     if config.mode == "static" and activations:
         for owner in sorted(info.block_outputs):
             attach(get_module(model, owner), None,
-                   ActivationQuantizer(config, qat=qat, freeze_step=freeze, group=group))
+                   act_cls(config, qat=qat, freeze_step=freeze, group=group))
+
+
+def _weight_fake_quant(config, cfg, group_size, freeze, group, w):
+    """The weight fake-quant the config asks for: fixed grid, learned step size or AdaRound's
+    (a fixed grid that records whether its rounding was learned)."""
+    args = (cfg.weight_bits, cfg.per_channel, group_size, cfg.narrow_range)
+    if getattr(config, "learn_ranges", False):
+        with torch.no_grad():
+            return LearnedWeightFakeQuant(*args, init=w.detach().clone(), freeze_step=freeze,
+                                          group=group)
+    if isinstance(config, AdaRoundConfig):
+        return AdaRoundWeightFakeQuant(*args, group=group)
+    return WeightFakeQuant(*args, freeze_step=freeze, group=group)
+
+
+def _bn_output_stats(model, bn_after: dict) -> dict:
+    """``{conv: (mean, std)}`` of each BatchNorm's output per channel (its beta and |gamma|),
+    read before the BatchNorm is folded: what data-free bias correction needs."""
+    stats = {}
+    for conv, bn_name in bn_after.items():
+        bn = get_module(model, bn_name)
+        if bn.weight is None or bn.bias is None:
+            continue
+        stats[conv] = (bn.bias.detach().clone(), bn.weight.detach().abs().clone())
+    return stats
