@@ -80,6 +80,11 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
+    # The weights are de-quantized float32 now; without this the model still says "quantized
+    # with gguf" and save_pretrained (a Hugging Face checkpoint for other tools) refuses it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     return model.eval(), tokenizer
 
 

@@ -40,13 +40,13 @@ class OrtDecoder:
             session = cpu_session(session, threads)
         self.session = session
         names = [i.name for i in session.get_inputs()]
-        missing = [n for n in ("input_ids", "attention_mask", "position_ids") if n not in names]
+        missing = [n for n in ("input_ids", "attention_mask") if n not in names]
         layers = sorted({int(m.group(1)) for n in names if (m := _PAST.match(n))})
         if missing or not layers:
             raise ValueError(
                 "not a KV-cache decoder: the session's inputs are "
                 f"{names[:6]}{' ...' if len(names) > 6 else ''}; expected input_ids, "
-                "attention_mask, position_ids and past_key_values.{i}.key/value (the layout "
+                "attention_mask, (position_ids) and past_key_values.{i}.key/value (the layout "
                 "of slimkit.export.causal_lm.export_causal_lm)"
             )
         self.layers = len(layers)
@@ -59,6 +59,7 @@ class OrtDecoder:
         self.past_names = [f"past_key_values.{i}.{t}" for i in range(self.layers)
                            for t in ("key", "value")]
         self.output_names = [o.name for o in session.get_outputs()]
+        self.position_ids = "position_ids" in names
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         """The cache of a prefill: ``2 * layers`` arrays with 0 past positions."""
@@ -70,12 +71,10 @@ class OrtDecoder:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         batch, seq = ids.shape
         done = past[0].shape[2]
-        feeds = {
-            "input_ids": ids,
-            "attention_mask": np.ones((batch, done + seq), dtype=np.int64),
-            "position_ids": np.broadcast_to(
-                np.arange(done, done + seq, dtype=np.int64), (batch, seq)).copy(),
-        }
+        feeds = {"input_ids": ids, "attention_mask": np.ones((batch, done + seq), dtype=np.int64)}
+        if self.position_ids:  # decoders with rotary embeddings inside need none
+            feeds["position_ids"] = np.broadcast_to(
+                np.arange(done, done + seq, dtype=np.int64), (batch, seq)).copy()
         feeds.update(zip(self.past_names, past))
         outs = dict(zip(self.output_names, self.session.run(None, feeds)))
         present = [outs[n.replace("past_key_values", "present")] for n in self.past_names]
