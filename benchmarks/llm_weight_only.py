@@ -313,14 +313,15 @@ def genai_rows(model, tok, work: Path, results: dict, args) -> None:
         out = work / key
         try:
             start = time.perf_counter()
-            if not (out / "genai_config.json").exists():
+            built = not (out / "genai_config.json").exists()
+            if built:
                 cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf),
                        "-o", str(out), "-p", "int4", "-e", "cpu", "-c", str(work / "cache"),
                        *extra]
                 run = subprocess.run(cmd, capture_output=True, text=True)
                 if run.returncode:
                     raise RuntimeError(run.stderr[-600:])
-            build_s = time.perf_counter() - start
+            build_s = time.perf_counter() - start if built else None  # None: an earlier build
             row = {"label": label, "tool": f"onnxruntime-genai {og.__version__}",
                    "build_s": build_s, "ops": nbits_summary(out / "model.onnx")}
             row.update(measure(out / "model.onnx", tok, args.heldout, args.eval_tokens,
