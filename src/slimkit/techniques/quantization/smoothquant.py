@@ -58,9 +58,14 @@ NAME = "smoothquant"
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     try:
-        return find_blocks(model)
+        blocks = find_blocks(model)
     except ValueError:
         return [("", model)]
+    # A prepared model's ParametrizationList is a ModuleList holding a parameter: in a model
+    # without real blocks (a CNN) find_blocks would pick one; it is not a block.
+    if any(".parametrizations." in f".{name}." for name, _ in blocks):
+        return [("", model)]
+    return blocks
 
 
 def _count_tokens(batches) -> int:
@@ -286,7 +291,8 @@ class SmoothQuant(Technique):
 
     def check_step(self, model, record) -> str | None:
         idle = [m for m, _ in record.get("layers", [])
-                if not bool(get_module(model, m)._modules[INPUT].calibrated)]
+                if not bool(getattr(get_module(model, m)._modules.get(INPUT), "calibrated",
+                                    True))]
         if idle:
             return (f"smoothquant was never calibrated for {len(idle)} layer(s) (e.g. {idle[0]}):"
                     " pass calibration= to sk.quantize")

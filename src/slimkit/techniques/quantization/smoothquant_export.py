@@ -2,10 +2,11 @@
 
 ``pre_export`` (on the export copy) notes each layer's int8 weight codes and per-channel
 scales and its frozen input scale / zero point, and swaps the calibrating input quantizer for
-:class:`StaticInputQuant`, which computes the same fake quantization in eager mode (so the
-torch reference that export validates against is the W8A8 model) and is the identity while
-``torch.export`` traces (so the graph holds the plain float MatMul). ``post_export`` then
-rewrites each MatMul / Gemm on such a weight:
+:class:`StaticInputQuant`: the same fake quantization written as plain tensor arithmetic
+(divide, round, add the zero point, clamp, subtract, multiply), which ``torch.export`` keeps
+as it is, so the exported program computes exactly what the eager W8A8 model does.
+``post_export`` then finds that arithmetic in front of each MatMul / Gemm on a quantized
+weight and rewrites the pair:
 
     x -> QuantizeLinear(s_x, z_x) -> MatMulInteger(., W_int8, z_x) -> Cast -> Mul(s_x * s_w)
 
@@ -20,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -31,29 +34,25 @@ from slimkit.techniques.quantization.activation import INPUT, ActivationQuantize
 from slimkit.techniques.quantization.export import _attr, _consumers, _find, _perm
 from slimkit.techniques.quantization.fake_quant import (
     WeightFakeQuant,
-    fake_quant,
     quantized_weights,
 )
 
 NOTES_KEY = "smoothquant"
 
 
-def _exporting() -> bool:
-    return torch.compiler.is_exporting() or torch.jit.is_tracing()
-
-
 class StaticInputQuant(nn.Module):
-    """uint8 per-tensor fake quantization with a frozen scale / zero point; the identity under
-    ``torch.export`` (the ONNX rewrite inserts QuantizeLinear with the same numbers)."""
+    """uint8 per-tensor fake quantization with a frozen scale / zero point, as plain tensor
+    ops (``torch.export`` and ``torch.onnx`` keep them; the ONNX rewrite turns them into one
+    QuantizeLinear with the same numbers)."""
 
     def __init__(self, scale: float, zero_point: int):
         super().__init__()
         self.scale, self.zero_point = float(scale), int(zero_point)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _exporting():
-            return x
-        return fake_quant(x, self.scale, self.zero_point, 0, 255)
+        # round() is half-to-even in torch and in ONNX QuantizeLinear alike.
+        q = torch.clamp(torch.round(x / self.scale) + self.zero_point, 0, 255)
+        return (q - self.zero_point) * self.scale
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.4g}, zero_point={self.zero_point}"
@@ -84,10 +83,17 @@ def pre_export(model: nn.Module, ctx, layers: list[str], stripped: list[str]) ->
         notes[key] = {"q": q.numpy().astype(np.int8), "scale": scale.numpy().astype(np.float32),
                       "baked": baked.numpy(), "sx": float(sx), "zx": int(zx)}
         module._modules[INPUT] = StaticInputQuant(sx, zx)
-    if idle:
+    if idle and not notes:
         raise ValueError(
             f"smoothquant: {len(idle)} layer(s) were never calibrated (e.g. {idle[0]}): run "
             "sk.quantize(model, SmoothQuantConfig(...), calibration=batches) before exporting")
+    if idle:
+        # Layers calibration never reached (MultiheadAttention's out_proj is read without
+        # calling it): int8-grid weights, float activations.
+        warnings.warn(f"slimkit: smoothquant exports {len(idle)} never-calibrated layer(s) with "
+                      f"float activations: {', '.join(idle)}", stacklevel=3)
+        for name in idle:
+            get_module(model, name)._modules.pop(INPUT, None)
     # ORT and torch agree up to float summation order before each QuantizeLinear; a value on
     # a rounding boundary then lands one activation step away, which later layers carry on.
     ctx.suggest_tolerance(5e-2, 5e-2)
@@ -155,6 +161,7 @@ def _rewrite_static(graph, name: str, info: dict, transposed: bool) -> bool:
         graph.node.remove(node)
         if a is None:
             continue
+        a = _fake_quant_source(graph, a)
         p = f"{name}_sq{k}"
         new = [
             helper.make_node("QuantizeLinear", [a, sname, zname], [f"{p}_xq"]),
@@ -167,7 +174,49 @@ def _rewrite_static(graph, name: str, info: dict, transposed: bool) -> bool:
         for j, n in enumerate(new):
             n.name = f"{p}_{n.op_type}_{j}"
             graph.node.insert(pos + j, n)
+    _drop_dead(graph)
     return True
+
+
+# The ops StaticInputQuant becomes in ONNX, between the float input and the MatMul.
+_CHAIN = ("Mul", "Sub", "Clip", "Max", "Min", "Add", "Round", "Div", "Cast")
+
+
+def _fake_quant_source(graph, tensor: str) -> str:
+    """The float tensor in front of the fake-quant arithmetic that produced ``tensor``.
+
+    Walks producers back through ``_CHAIN`` ops (at most 8) to the ``Div`` that starts it;
+    returns ``tensor`` itself when that arithmetic is not there (the input then is float and
+    QuantizeLinear quantizes it the same way)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    seen_round, cur = False, tensor
+    for _ in range(8):
+        node = producer.get(cur)
+        if node is None or node.op_type not in _CHAIN:
+            return tensor
+        seen_round |= node.op_type == "Round"
+        if node.op_type == "Div":
+            return node.input[0] if seen_round else tensor
+        cur = node.input[0]
+    return tensor
+
+
+def _drop_dead(graph) -> None:
+    """Remove nodes none of whose outputs is read (the replaced fake-quant arithmetic)."""
+    outputs = {o.name for o in graph.output}
+    freed: set[str] = set()
+    while True:
+        used = {i for n in graph.node for i in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in _CHAIN and not any(o in used
+                                                                          for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            freed.update(n.input)
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [i for i in graph.initializer if i.name in freed and i.name not in used]:
+        graph.initializer.remove(init)
 
 
 def calibrated_layers(model: nn.Module, layers: list[str]) -> list[str]:

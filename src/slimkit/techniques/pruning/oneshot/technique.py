@@ -46,9 +46,14 @@ def model_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The repeated blocks to calibrate one at a time; the whole model as one block when it
     has none (a small MLP / CNN: its activations fit anyway)."""
     try:
-        return find_blocks(model)
+        blocks = find_blocks(model)
     except ValueError:
         return [("", model)]
+    # A prepared model's ParametrizationList is a ModuleList holding a parameter: in a model
+    # without real blocks (a CNN) find_blocks would pick one; it is not a block.
+    if any(".parametrizations." in f".{name}." for name, _ in blocks):
+        return [("", model)]
+    return blocks
 
 
 def _in_block(name: str, prefixes: list[str]) -> bool:
