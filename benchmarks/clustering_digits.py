@@ -35,7 +35,6 @@ from rich.table import Table
 
 import slimkit as sk
 from common import summary, write_results  # noqa: E402  (benchmarks/ is on sys.path)
-from slimkit.techniques.clustering import ClusteringConfig, cluster
 from slimkit.examples import (
     DigitsCNN,
     accuracy_eval,
@@ -44,6 +43,7 @@ from slimkit.examples import (
     steps_per_epoch,
     train,
 )
+from slimkit.techniques.clustering import ClusteringConfig, cluster
 
 
 def kernels(path: Path) -> list[np.ndarray]:

@@ -24,9 +24,9 @@ import slimkit as sk
 
 # Shared with the pruning overhead benchmark (run as a script, benchmarks/ is on sys.path).
 from pruning_overhead import interleaved_medians, overhead_cases, stepper  # noqa: E402
-from slimkit.techniques.clustering import ClusteringConfig, cluster
 from slimkit.core.io import atomic_path
 from slimkit.examples import DigitsCNN
+from slimkit.techniques.clustering import ClusteringConfig, cluster
 
 
 def measure(name, make, x, y, per_channel, optimizer, rounds, steps) -> dict:

@@ -39,7 +39,6 @@ from rich.table import Table
 
 import slimkit as sk
 from common import summary, write_results  # noqa: E402  (benchmarks/ is on sys.path)
-from slimkit.techniques.clustering import expand_compact
 from slimkit.examples import (
     DigitsCNN,
     load_digits_data,
@@ -51,6 +50,7 @@ from slimkit.examples import (
 from slimkit.export import ort_session
 from slimkit.metrics.sizes import file_size, zipped_size
 from slimkit.metrics.weights import onnx_weight_inventory
+from slimkit.techniques.clustering import expand_compact
 
 VARIANTS = ["fp32", "prune-80", "cluster-16", "qat-int8", "pcqat", "pcqat-per-channel",
             "pcqat-global", "stretch-90-8"]

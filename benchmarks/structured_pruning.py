@@ -38,7 +38,7 @@ from slimkit.core.io import atomic_path
 from slimkit.examples import DigitsCNN, evaluate, load_digits_data, set_seed, train
 from slimkit.examples.models import MobileNetV2Style, ResNetStyle, TransformerClassifier
 from slimkit.metrics.latency import cpu_session
-from slimkit.techniques.pruning import ChannelPruningConfig, count_macs, prune_channels
+from slimkit.techniques.channel_pruning import ChannelPruningConfig, count_macs, prune_channels
 from slimkit.techniques.channel_pruning.latency import interleaved_ms
 
 MODELS = {

@@ -29,7 +29,11 @@ from slimkit.metrics import DeploymentReport, report
 
 # The configs and helpers of the built-in techniques, re-exported as the public API. The
 # techniques themselves are registered through the slimkit.techniques entry points.
-from slimkit.techniques.channel_pruning import ChannelPruningConfig, prune_channels, prune_for_latency
+from slimkit.techniques.channel_pruning import (
+    ChannelPruningConfig,
+    prune_channels,
+    prune_for_latency,
+)
 from slimkit.techniques.clustering import ClusteringConfig
 from slimkit.techniques.pruning import (
     ConstantSparsity,

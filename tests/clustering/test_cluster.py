@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 
 import slimkit as sk
-from slimkit.techniques.clustering import ClusteringConfig, ClusterSnap, cluster
-from slimkit.techniques.clustering.kmeans import INITS
 from slimkit.examples import DigitsCNN, train_with
 from slimkit.export import ort_session
+from slimkit.techniques.clustering import ClusteringConfig, ClusterSnap, cluster
+from slimkit.techniques.clustering.kmeans import INITS
 from tests.conftest import MODEL_CASES, assert_same_state, reload_mid_training
 
 KERNELS = ["conv1", "conv2", "fc1", "fc2"]

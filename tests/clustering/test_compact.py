@@ -5,11 +5,16 @@ import torch
 import torch.nn as nn
 
 import slimkit as sk
-from slimkit.techniques.clustering import ClusteringConfig, cluster, compact_initializers, expand_compact
-from slimkit.storage.codebook import encode
 from slimkit.examples import DigitsCNN
 from slimkit.export import ort_session
 from slimkit.metrics.weights import onnx_weight_inventory
+from slimkit.storage.codebook import encode
+from slimkit.techniques.clustering import (
+    ClusteringConfig,
+    cluster,
+    compact_initializers,
+    expand_compact,
+)
 
 
 def ops(path):

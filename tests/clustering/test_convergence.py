@@ -5,9 +5,9 @@ import pytest
 from onnx import numpy_helper
 
 import slimkit as sk
-from slimkit.techniques.clustering import ClusteringConfig, cluster
 from slimkit.examples import accuracy_eval, train
 from slimkit.metrics import zipped_size
+from slimkit.techniques.clustering import ClusteringConfig, cluster
 
 
 def test_digits_clustered_to_16_values_keeps_accuracy_in_onnx_runtime(baseline, digits, tmp_path):

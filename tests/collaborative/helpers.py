@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from slimkit.techniques.clustering import expand_compact
 from slimkit.export import ort_session
+from slimkit.techniques.clustering import expand_compact
 
 KERNELS = ("conv1", "conv2", "fc1", "fc2")
 

@@ -10,7 +10,7 @@ import slimkit as sk
 from slimkit.examples import DigitsCNN, accuracy_eval, train
 from slimkit.examples.models import MobileNetV2Style, ResNetStyle, TransformerClassifier
 from slimkit.export import ort_session
-from slimkit.techniques.pruning import ChannelPruningConfig, count_macs, prune_channels
+from slimkit.techniques.channel_pruning import ChannelPruningConfig, count_macs, prune_channels
 from slimkit.techniques.channel_pruning.channels import output_layer
 
 # model class, example input, output layer, the least MAC reduction at 50% channels

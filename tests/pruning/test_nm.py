@@ -10,8 +10,9 @@ import slimkit as sk
 from slimkit.cli import main
 from slimkit.examples import DigitsCNN
 from slimkit.examples.models import ResNetStyle
-from slimkit.techniques.pruning import check_sparsity, prune_channels
+from slimkit.techniques.channel_pruning import prune_channels
 from slimkit.techniques.channel_pruning.channels import ChannelPruningConfig
+from slimkit.techniques.pruning import check_sparsity
 
 
 def groups_of(w: torch.Tensor, m: int = 4) -> torch.Tensor:

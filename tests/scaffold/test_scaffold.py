@@ -55,7 +55,12 @@ def test_generated_code_is_filled_in_and_lints_clean(tmp_path):
     leftovers = [path for path, text in files.items() if "{{" in text or "}}" in text]
     assert leftovers == []
     assert "class MyNoiseConfig(Config)" in files["my_noise/config.py"]
-    assert 'TECHNIQUE = sk.register_technique(\n    "my-noise",' in files["my_noise/handler.py"]
+    handler = files["my_noise/handler.py"]
+    # Written against the author API: a Technique subclass with a stage of its own.
+    assert "from slimkit.authoring import (" in handler
+    assert "class MyNoiseTechnique(Technique):" in handler
+    assert 'STAGE = register_stage("my-noise", 150)' in handler
+    assert "TECHNIQUE = register(MyNoiseTechnique())" in handler
     generate.new_technique("my-noise", tmp_path)
     # Linted as the contributor's repository would: my_noise first-party, slimkit third-party.
     run = subprocess.run(

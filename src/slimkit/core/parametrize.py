@@ -180,6 +180,7 @@ def strip(model: nn.Module) -> nn.Module:
         >>> sk.strip(model)
         >>> float((model.fc.weight == 0).float().mean())   # 0.8
     """
+    _warn_unfinished(model)
     for mname, tname, index, p in list(slim_parametrizations(model)):
         if index == 0 and hasattr(p, "before_strip"):
             p.before_strip(get_module(model, mname).parametrizations[tname].original)
@@ -208,6 +209,18 @@ def strip(model: nn.Module) -> nn.Module:
         else:
             del model._slimkit_records
     return model
+
+
+def _warn_unfinished(model: nn.Module) -> None:
+    """Warn about techniques whose schedule has not reached its target (they say so)."""
+    import warnings
+
+    from slimkit.core.registry import get_technique
+
+    for rec in getattr(model, "_slimkit_records", []):
+        message = get_technique(rec["technique"]).check_step(model, rec)
+        if message:
+            warnings.warn(message, stacklevel=3)
 
 
 def strip_innermost(model: nn.Module, module_name: str, tensor_name: str) -> None:

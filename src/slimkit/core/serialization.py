@@ -18,10 +18,9 @@ import os
 import torch
 import torch.nn as nn
 
-from slimkit.core.config import Config
 from slimkit.core.io import atomic_path
 from slimkit.core.records import records
-from slimkit.core.registry import get_technique, prepare_layers
+from slimkit.core.registry import replay_record
 from slimkit.core.selection import module_type
 
 FORMAT = "slimkit.prepared"
@@ -66,9 +65,7 @@ def load(path: str | os.PathLike, model: nn.Module, *, strict: bool = True) -> n
             f"({', '.join(r['technique'] for r in records(model))})"
         )
     for rec in payload["records"]:
-        tech = get_technique(rec["technique"])
-        config = Config.from_dict(rec["config"])
-        prepare_layers(model, tech, config, [tuple(x) for x in rec["layers"]])
+        replay_record(model, rec)
     try:
         model.load_state_dict(payload["state_dict"], strict=strict)
     except RuntimeError as e:

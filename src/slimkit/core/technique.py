@@ -71,18 +71,15 @@ class Technique:
         Override for a technique that is not a per-weight preparation (channel pruning traces
         the model with ``example_inputs``); it must record itself with ``add_record``.
         """
-        if example_inputs is not None and not self.uses_example_inputs(config):
-            raise ValueError(
-                f"{self.name} takes no example_inputs (it prepares weights without running the "
-                "model); drop example_inputs="
-            )
+        # example_inputs are for techniques that trace the model; the others ignore them (a
+        # recipe passes them to every stage).
         layers = self.select(model, config, targets, ignore)
         self.prepare(model, config, layers)
         add_record(model, self.name, config, layers, structural=self.structural)
         if calibration is not None:
+            # options (batch_size, progress, ...) are the calibration's; without data there is
+            # nothing for them to set.
             self.calibrate(model, config, calibration, **options)
-        elif options:
-            raise TypeError(f"unexpected keyword argument(s) {sorted(options)} for {self.name}")
         return model
 
     def replay(self, model: nn.Module, config: Config, layers: Layers, record: dict) -> None:
@@ -101,6 +98,11 @@ class Technique:
     def needs_calibration(self, config: Config) -> bool:
         """True when ``config`` needs calibration data before the model can be exported."""
         return False
+
+    def missing_calibration(self, config: Config, verb: str) -> str:
+        """The message when ``sk.<verb>`` gets no data for a config that needs it."""
+        return (f"{self.name} with this {type(config).__name__} needs calibration data: "
+                f"sk.{verb}(model, config, calibration=loader_or_tensor)")
 
     def calibrate(self, model: nn.Module, config: Config, data, **options) -> None:
         """Run the technique's calibration on ``data`` (after ``prepare``)."""

@@ -21,20 +21,16 @@ from slimkit.core.registry import apply, get_technique, techniques
 
 def _family_verb(model: nn.Module, config: Config, family: str, verb: str, *,
                  targets=None, ignore=None, calibration=None, **options) -> nn.Module:
-    if not isinstance(config, Config):
-        raise TypeError(f"sk.{verb} takes a slimkit config, got {type(config).__name__}")
-    tech = get_technique(config)
-    if tech.family != family:
-        accepted = sorted(t.config_cls.__name__ for t in techniques() if t.family == family)
+    accepted = sorted(t.config_cls.__name__ for t in techniques() if t.family == family)
+    tech = get_technique(config) if isinstance(config, Config) and any(
+        isinstance(config, t.config_cls) for t in techniques()) else None
+    if tech is None or tech.family != family:
         raise TypeError(
-            f"sk.{verb} takes a config of the {family} family ({', '.join(accepted)}), got "
-            f"{type(config).__name__} ({tech.family}); use sk.apply for any technique"
+            f"sk.{verb} takes a {' or '.join(accepted)} (the {family} family), got "
+            f"{type(config).__name__}; use sk.apply for any technique"
         )
     if calibration is None and tech.needs_calibration(config) and not _applied(model, tech):
-        raise ValueError(
-            f"{tech.name} with this {type(config).__name__} needs calibration data: "
-            f"sk.{verb}(model, config, calibration=loader_or_tensor)"
-        )
+        raise ValueError(tech.missing_calibration(config, verb))
     if _applied(model, tech) and calibration is not None:
         # A second call on a prepared model with data only calibrates (sk.apply first, then
         # sk.quantize(..., calibration=...)); preparing twice is refused by the stages.

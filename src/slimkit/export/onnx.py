@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+
 from slimkit.core.batch import call_model, check_inputs, describe, flatten_outputs, input_tensors
 from slimkit.core.io import atomic_path
 from slimkit.core.records import records

@@ -42,7 +42,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from slimkit.core.config import Config
 from slimkit.core.io import atomic_path
 from slimkit.core.parametrize import get_module, input_of, slim_parametrizations
 from slimkit.core.records import records

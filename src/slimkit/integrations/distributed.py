@@ -42,6 +42,7 @@ import torch.nn as nn
 from slimkit.core.scheduler import Scheduler
 from slimkit.core.state import SYNC_RULES, slim_states, unique_states
 
+
 def is_distributed(group=None) -> bool:
     """True inside an initialised process group with more than one rank."""
     return (

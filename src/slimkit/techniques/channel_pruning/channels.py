@@ -26,8 +26,8 @@ from slimkit.core.config import Config
 from slimkit.core.parametrize import slim_parametrizations
 from slimkit.core.records import records
 from slimkit.core.registry import get_technique, prepare_layers
-from slimkit.core.technique import Technique
 from slimkit.core.selection import matches, module_type
+from slimkit.core.technique import Technique
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 
@@ -487,7 +487,8 @@ class PrunedArchitectureTechnique(Technique):
 
     name = "pruned-architecture"
     config_cls = PrunedArchitecture
-    family = "pruning"
+    # A record, not something a user applies: no family verb takes it.
+    family = "other"
     structural = True
     description = "The shapes left by channel pruning; rebuilt on a fresh model by sk.load."
 

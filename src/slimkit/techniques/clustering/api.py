@@ -14,9 +14,6 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from slimkit.techniques.clustering.codebook import check_size, fit_codebook
-from slimkit.techniques.clustering.config import ClusteringConfig
-from slimkit.techniques.clustering.snap import ClusterSnap
 from slimkit.core.parametrize import (
     SlimParametrization,
     expand_tied,
@@ -25,11 +22,14 @@ from slimkit.core.parametrize import (
     register,
 )
 from slimkit.core.records import group_id
+from slimkit.core.selection import module_type, select_weights
 from slimkit.core.stages import register_stage, stage_order
 from slimkit.core.technique import Technique
+from slimkit.techniques.clustering.codebook import check_size, fit_codebook
+from slimkit.techniques.clustering.config import ClusteringConfig
+from slimkit.techniques.clustering.snap import ClusterSnap
 
 CLUSTER_STAGE = register_stage("cluster", 200)
-from slimkit.core.selection import module_type, select_weights
 
 
 def cluster(model: nn.Module, config: ClusteringConfig, targets=None, ignore=None) -> nn.Module:

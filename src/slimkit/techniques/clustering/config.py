@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from slimkit.techniques.clustering.kmeans import INITS
 from slimkit.core.config import Config
+from slimkit.techniques.clustering.kmeans import INITS
 
 
 def _int(x) -> bool:

@@ -23,11 +23,11 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from slimkit.techniques.clustering.codebook import as_rows, assign, label_dtype
-from slimkit.techniques.clustering.config import ClusteringConfig
 from slimkit.core.parametrize import SlimParametrization, get_module, input_of
 from slimkit.core.stages import register_stage
 from slimkit.core.state import Max, Sum
+from slimkit.techniques.clustering.codebook import as_rows, assign, label_dtype
+from slimkit.techniques.clustering.config import ClusteringConfig
 
 
 class _Snap(torch.autograd.Function):

@@ -155,3 +155,35 @@ def _expand_blocks(keep: torch.Tensor, block: tuple[int, int], shape: torch.Size
     cols = math.prod(shape[1:]) if len(shape) > 1 else 1
     full = keep.repeat_interleave(bh, 0).repeat_interleave(bw, 1)[:rows, :cols]
     return full.reshape(shape)
+
+
+def schedule_shortfall(model: nn.Module, record: dict) -> str | None:
+    """A warning when the masks of ``record`` are below the sparsity their schedule ends at.
+
+    The usual cause is a training loop that never called ``sk.Scheduler(model).step()``: the
+    masks then stay at the sparsity of step 0 (0.0 for a schedule from 0), and the exported
+    model is not pruned. None when every mask reached its schedule's final sparsity.
+    """
+    from slimkit.core.parametrize import slim_parametrizations
+    from slimkit.techniques.pruning.nm import final_sparsity
+
+    layers = {(m, t) for m, t in record["layers"]}
+    behind = []
+    seen = set()
+    for mname, tname, _i, p in slim_parametrizations(model):
+        if not isinstance(p, PruningMask) or (mname, tname) not in layers or id(p) in seen:
+            continue
+        seen.add(id(p))
+        target = final_sparsity(p.config.schedule)
+        have = float((p.mask == 0).float().mean())
+        if have + 0.01 < target:
+            behind.append((f"{mname}.{tname}", int(p.step), have, target))
+    if not behind:
+        return None
+    name, step, have, target = behind[0]
+    never = all(b[1] == 0 for b in behind)
+    cause = ("the schedule was never stepped: call sk.Scheduler(model).step() after each "
+             "optimizer.step()" if never else
+             f"the schedule stopped at step {step} before its end")
+    return (f"slimkit: magnitude pruning of {len(behind)} weight(s) is below its target "
+            f"({name}: sparsity {have:.2f} of {target:.2f}); {cause}")
