@@ -148,6 +148,19 @@ class BlockInputs(Sequence):
             n += h.numel() // h.shape[-1]
         return n
 
+    def advance_(self, block: nn.Module) -> None:
+        """Replace every batch's hidden states by ``block``'s output on them, in place.
+
+        One batch at a time, so only one batch of extra activations is alive: the next
+        block's inputs take the memory of this block's.
+        """
+        dtype = _dtype_of(block)
+        with torch.no_grad():
+            for i in range(len(self.items)):
+                args, kwargs = self[i]
+                out = _first_output(block(*args, **kwargs)).detach().to("cpu", dtype)
+                self.items[i] = _replace_hidden(*self.items[i], out)
+
     def with_hidden(self, hidden: list[torch.Tensor]) -> BlockInputs:
         """The same inputs with the hidden states of every batch replaced."""
         items = [_replace_hidden(args, kwargs, h) for (args, kwargs), h in zip(self.items, hidden)]
@@ -350,8 +363,10 @@ def run_sequential(
                 original = block_outputs(block, inputs) if propagate == "original" else None
                 on_block(name, block, inputs)
                 if i + 1 < len(blocks):
-                    hidden = original if original is not None else block_outputs(block, inputs)
-                    inputs = inputs.with_hidden(hidden)
+                    if original is not None:
+                        inputs = inputs.with_hidden(original)
+                    else:
+                        inputs.advance_(block)
                 if bar is not None:
                     bar.advance(task)
     finally:

@@ -163,7 +163,7 @@ class WeightOnlyTechnique(Technique):
               calibration=None, **options):
         # Refuse missing or too little data before preparing anything.
         if config.needs_data:
-            self._check_data(config, calibration)
+            calibration = self._check_data(config, calibration)    # a list: read once
         return super().apply(model, config, targets=targets, ignore=ignore,
                              example_inputs=example_inputs, calibration=calibration, **options)
 
