@@ -161,7 +161,7 @@ def _torch_steps(wrapper: nn.Module, shape: dict, prompt: torch.Tensor):
 
 def validate_decoder(path: Path, wrapper: nn.Module, shape: dict, *, atol: float, rtol: float,
                      prompt_len: int = 16, threads: int = 2, elementwise: bool = True,
-                     min_top1: float = 0.9) -> dict:
+                     min_top1: float = 0.75) -> dict:
     """Compare ORT's logits with torch's for a prefill and one decode step with the cache.
 
     Returns per step the largest and mean absolute difference and the top-1 agreement (the
@@ -224,6 +224,7 @@ def validate_export(path: Path, proto, wrapper: nn.Module, shape: dict, ctx,
     if twin is None:
         return validate_decoder(path, wrapper, shape, atol=ctx.atol, rtol=ctx.rtol,
                                 threads=threads)
+    # a longer prompt for the agreement check: more positions, a steadier fraction
     import onnx
 
     twin_path = Path(path).with_name(".twin.onnx")
@@ -234,7 +235,8 @@ def validate_export(path: Path, proto, wrapper: nn.Module, shape: dict, ctx,
     finally:
         twin_path.unlink(missing_ok=True)
     result = validate_decoder(path, wrapper, shape, atol=ctx.atol, rtol=ctx.rtol,
-                              threads=threads, elementwise=False, min_top1=twin["min_top1"])
+                              threads=threads, elementwise=False, min_top1=twin["min_top1"],
+                              prompt_len=32)
     result["exact_twin"] = {"atol": twin["atol"], "rtol": twin["rtol"], **exact}
     return result
 

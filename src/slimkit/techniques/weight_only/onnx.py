@@ -158,7 +158,9 @@ def pre_export(model: nn.Module, ctx, *, accuracy_level: int | None = None,
     if level == 4:
         ctx.notes.setdefault("_export", {})["validation_twin"] = {
             "make": lambda proto: with_accuracy_level(proto, 0),
-            "atol": max(ctx.atol, 1e-3), "rtol": max(ctx.rtol, 1e-3), "min_top1": 0.9,
+            # int8 activations flip near-ties of the validation's random-token prompt (RTN
+            # int4 g128 on SmolLM2: 14 of 16 positions kept); a packing bug keeps ~none
+            "atol": max(ctx.atol, 1e-3), "rtol": max(ctx.rtol, 1e-3), "min_top1": 0.75,
         }
         ctx.suggest_tolerance(0.15, 0.05)
 
