@@ -180,3 +180,36 @@ def test_export_runs_int8_matmuls_and_matches_torch(llama, batches, tmp_path):
         ref = model(ids).numpy()
     # Same integers on both sides: only float summation order differs (measured 2e-7).
     assert np.abs(got - ref).max() < 1e-3
+
+
+def test_rewriting_the_float_graph_gives_the_exported_w8a8_decoder(tmp_path):
+    import onnx
+
+    from slimkit.examples.llm import tiny_llama
+    from slimkit.export.causal_lm import (
+        _DecoderWithCache,
+        decoder_shape,
+        export_causal_lm,
+        validate_decoder,
+    )
+    from slimkit.export.pipeline import deployable
+    from slimkit.techniques.quantization.smoothquant_export import rewrite_float_graph
+
+    base = tiny_llama(layers=1)
+    with torch.no_grad():   # distinct norm gains, as trained (equal ones share an initializer)
+        for norm in (base.model.layers[0].input_layernorm,
+                     base.model.layers[0].post_attention_layernorm, base.model.norm):
+            norm.weight.uniform_(0.5, 2.0)
+    fp32 = export_causal_lm(base, tmp_path / "fp32", validate=False) / "model.onnx"
+    model = _quantize(copy.deepcopy(base), SmoothQuantConfig(alpha=0.5),
+                      [{"input_ids": torch.randint(0, 256, (2, 64))} for _ in range(4)])
+    proto, ctx = rewrite_float_graph(onnx.load(str(fp32)), base, model)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("MatMulInteger") == 7 and "MatMul" in ops   # attention's own MatMuls
+    path = tmp_path / "w8a8.onnx"
+    onnx.save(proto, str(path))
+    plain = deployable(model, type(ctx)(records=sk.records(model)))
+    plain.config.use_cache = True
+    check = validate_decoder(path, _DecoderWithCache(plain).eval(), decoder_shape(model),
+                             atol=1e-3, rtol=1e-3)
+    assert check["prefill_max_abs_diff"] < 1e-3 and check["same_greedy_token"]

@@ -227,3 +227,59 @@ def calibrated_layers(model: nn.Module, layers: list[str]) -> list[str]:
         if isinstance(q, ActivationQuantizer) and bool(q.calibrated):
             out.append(name)
     return out
+
+
+def rewrite_float_graph(proto, float_model: nn.Module, quantized_model: nn.Module):
+    """The W8A8 graph of ``quantized_model`` made from ``proto``, the ONNX graph of
+    ``float_model`` (the same model before ``sk.quantize``), without tracing it again.
+
+    SmoothQuant changes no op of the float graph, only values: the smoothed norm gains (and
+    biases) are written into their initializers, and every quantized layer's MatMul, found by
+    its float weight, is rewritten as :func:`post_export` does. What a benchmark of many
+    settings on one 135M LLM needs (tracing it costs minutes per setting). Returns
+    ``(proto, ctx)``.
+
+    Example:
+        >>> proto, ctx = rewrite_float_graph(onnx.load("fp32/model.onnx"), fp32, w8a8)
+    """
+    import copy
+
+    from onnx import numpy_helper
+
+    from slimkit.core.records import records
+    from slimkit.export.pipeline import ExportContext
+
+    work = copy.deepcopy(quantized_model)
+    ctx = ExportContext(records=records(work))
+    layers = [m for r in records(work) if r["technique"] == NOTES_KEY for m, _ in r["layers"]]
+    pre_export(work, ctx, layers, [])
+    floats = dict(float_model.named_modules())
+    for key in ctx.notes[NOTES_KEY]:
+        ctx.notes[NOTES_KEY][key]["baked"] = floats[key.rsplit(".", 1)[0]].weight.detach() \
+            .float().numpy()
+    quantized = {f"{n}.weight" for n in layers}
+    float_params = dict(float_model.named_parameters())
+    inits = {i.name: i for i in proto.graph.initializer}
+    for name, p in quantized_model.named_parameters():
+        base = name.replace(".parametrizations.weight.original", ".weight")
+        if base in quantized or base not in float_params:
+            continue
+        new = p.detach().float().numpy()
+        old = float_params[base].detach().float().numpy()
+        if np.array_equal(new, old):
+            continue
+        # Exporters wrapping the model (the causal-LM decoder) prefix its names.
+        init = inits.get(base) or inits.get(f"model.{base}")
+        if init is None:
+            same = [i for i in inits.values() if tuple(i.dims) == old.shape
+                    and np.array_equal(numpy_helper.to_array(i), old)]
+            if len(same) != 1:
+                raise ValueError(f"cannot find the initializer of {base} in the float graph")
+            init = same[0]
+        users = sum(init.name in n.input for n in proto.graph.node)
+        if users != 1:
+            # The exporter shares equal constants: equal float norms became one initializer.
+            raise ValueError(f"the float graph's initializer {init.name} (for {base}) is read "
+                             f"by {users} nodes; export the smoothed model instead")
+        init.CopyFrom(numpy_helper.from_array(new.astype(np.float32), init.name))
+    return post_export(proto, ctx), ctx
