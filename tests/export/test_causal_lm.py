@@ -147,3 +147,39 @@ def test_a_session_that_is_not_a_kv_cache_decoder_is_refused(tmp_path):
         OrtDecoder(path)
     with pytest.raises(ValueError, match="max_new_tokens must be a positive int"):
         greedy_generate(path, np.array([[1]]), max_new_tokens=0)
+
+
+class _Chars:
+    """Bytes as token ids: enough of a tokenizer for the perplexity of the report."""
+
+    def __len__(self):
+        return 256
+
+    def __call__(self, text, verbose=False):
+        return {"input_ids": list(text.encode())}
+
+
+def test_llm_report_measures_size_speed_and_the_same_perplexity_as_torch(exported, tmp_path):
+    from slimkit.metrics.llm import LLMReport, llm_report
+    from slimkit.metrics.perplexity import perplexity
+
+    model, folder = exported
+    text = "the cache keeps keys and values of earlier tokens " * 8
+    rep = llm_report(folder, tokenizer=_Chars(), text=text, window=64, prompt_len=32,
+                     new_tokens=8, latency_runs=2, decode_runs=1,
+                     eval_fn=lambda dec: {"first_logit": float(dec.logits(np.array([[1, 2]]))[0, -1, 0])})
+    assert rep.file_bytes == os.path.getsize(folder / "model.onnx")
+    assert rep.prefill["p50_ms"] > 0 and rep.prefill["prompt_len"] == 32
+    assert rep.decode["tokens_per_s"] > 0 and rep.decode["new_tokens"] == 8
+    torch_ppl = perplexity(model, _Chars(), text, window=64)["perplexity"]
+    assert rep.perplexity["perplexity"] == pytest.approx(torch_ppl, rel=1e-4)
+    with torch.no_grad():
+        first = float(model(torch.tensor([[1, 2]])).logits[0, -1, 0])
+    assert rep.metrics["first_logit"] == pytest.approx(first, abs=1e-3)
+    again = LLMReport.from_dict(json.loads(rep.to_json(tmp_path / "r.json")))
+    assert again == rep and json.loads((tmp_path / "r.json").read_text())["version"] == 1
+    assert rep.compare(rep) == {"file_bytes": 1.0, "prefill_ms": 1.0,
+                                "decode_tokens_per_s": 1.0, "perplexity": 0.0}
+    assert "Decode speed" in str(rep)
+    with pytest.raises(ValueError, match="needs both tokenizer= and text="):
+        llm_report(folder, tokenizer=_Chars())
