@@ -134,30 +134,29 @@ def round_layer(module: nn.Module, w: torch.Tensor, p: WeightFakeQuant, x_q: tor
     n = x_q.shape[0]
     warm = int(config.warmup * config.iterations)
     start_beta, end_beta = config.beta
+    dim = -1 if isinstance(module, nn.Linear) else 1
+    free = (~fixed).to(w.dtype)
+    with torch.no_grad():
+        targets = torch.cat([act(fn(x_fp[i:i + 256], w)) for i in range(0, n, 256)])
     for it in range(config.iterations):
         idx = torch.randint(0, n, (min(config.batch_size, n),), generator=gen)
-        with torch.no_grad():
-            target = act(fn(x_fp[idx], w))
         h = rectified_sigmoid(v)
         q = torch.where(fixed, nearest, torch.clamp(floor + h, lo, hi))
         out = act(fn(x_q[idx], q * s))
-        dim = -1 if isinstance(module, nn.Linear) else 1
-        rec = (out - target).pow(2).sum(dim).mean()
+        rec = (out - targets[idx]).pow(2).sum(dim).mean()
         loss = rec
         if it >= warm and config.regularization > 0:
             t = (it - warm) / max(config.iterations - warm, 1)
             beta = end_beta + 0.5 * (start_beta - end_beta) * (1 + math.cos(math.pi * t))
-            reg = (1 - (2 * h[~fixed] - 1).abs().pow(beta)).sum()
+            reg = ((1 - (2 * h - 1).abs().pow(beta)) * free).sum()
             loss = rec + config.regularization * reg
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     with torch.no_grad():
         q = torch.where(fixed, nearest, torch.clamp(floor + (v >= 0).to(w.dtype), lo, hi))
-        final = float((act(fn(x_q, q * s)) - act(fn(x_fp, w))).pow(2).sum(
-            -1 if isinstance(module, nn.Linear) else 1).mean())
-        rtn = float((act(fn(x_q, nearest * s)) - act(fn(x_fp, w))).pow(2).sum(
-            -1 if isinstance(module, nn.Linear) else 1).mean())
+        final = float((act(fn(x_q, q * s)) - targets).pow(2).sum(dim).mean())
+        rtn = float((act(fn(x_q, nearest * s)) - targets).pow(2).sum(dim).mean())
     return q, {"loss_nearest": rtn, "loss_adaround": final,
                "changed": float((q != nearest).float().mean())}
 

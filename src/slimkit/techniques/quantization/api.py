@@ -161,6 +161,18 @@ class AdaRoundQuantization(PostTrainingQuantization):
     def needs_calibration(self, config):
         return True
 
+    def missing_calibration(self, config, verb):
+        return ("adaround needs calibration data (it learns each layer's rounding on unlabeled "
+                f"inputs): sk.{verb}(model, config, calibration=loader_or_tensor), e.g. 256 "
+                "training samples; AdaRoundConfig(rounding='nearest') also calibrates")
+
+    def apply(self, model, config, *, targets=None, ignore=None, example_inputs=None,
+              calibration=None, **options):
+        # Weight-only AdaRound takes calibration data too (PTQ's apply refuses it there).
+        return Technique.apply(self, model, config, targets=targets, ignore=ignore,
+                               example_inputs=example_inputs, calibration=calibration,
+                               **options)
+
     def calibrate(self, model, config, data, *, batch_size: int = 32, progress: bool = True):
         static = config.mode == "static"
         if static:

@@ -33,17 +33,17 @@ _MIN_STEP = 1e-8
 class _LSQ(torch.autograd.Function):
     """``clamp(round(x / s), lo, hi) * s`` with LSQ's gradients for ``x`` and ``s``.
 
-    ``s`` is already expanded to ``x``'s shape; ``reduce`` sums its gradient back to the
-    parameter's shape; ``g`` is the gradient scale. The forward pass is the very arithmetic of
+    ``s`` is already expanded to ``x``'s shape (autograd sums its gradient back through the
+    expansion to the parameter's shape); ``g`` is the gradient scale. The forward pass is the very arithmetic of
     :func:`slimkit.techniques.quantization.fake_quant.fake_quant` (so export is exact).
     """
 
     @staticmethod
-    def forward(ctx, x, s, lo, hi, g, reduce):
+    def forward(ctx, x, s, lo, hi, g):
         v = x / s
         q = v.round().clamp_(lo, hi)
         ctx.save_for_backward(v, q)
-        ctx.lo, ctx.hi, ctx.g, ctx.reduce = lo, hi, g, reduce
+        ctx.lo, ctx.hi, ctx.g = lo, hi, g
         return q * s
 
     @staticmethod
@@ -53,12 +53,12 @@ class _LSQ(torch.autograd.Function):
         grad_x = grad * inside
         # d(q*s)/ds: (round(v) - v) inside the grid, the bound (lo or hi) outside it.
         ds = torch.where(inside, q - v, q) * grad * ctx.g
-        return grad_x, ctx.reduce(ds), None, None, None, None
+        return grad_x, ds, None, None, None
 
 
-def lsq_fake_quant(x, s_full, lo, hi, g, reduce):
+def lsq_fake_quant(x, s_full, lo, hi, g):
     """Fake-quantize ``x`` with a trainable step size (``s_full`` expanded to ``x``)."""
-    return _LSQ.apply(x, s_full, lo, hi, g, reduce)
+    return _LSQ.apply(x, s_full, lo, hi, g)
 
 
 def _positive(step: torch.Tensor) -> torch.Tensor:
@@ -96,11 +96,7 @@ class LearnedWeightFakeQuant(WeightFakeQuant):
         s = _positive(self.step_size)
         per_scale = w.numel() // max(s.numel(), 1)
         g = 1.0 / math.sqrt(per_scale * hi)
-        if s.dim() == 0:
-            return lsq_fake_quant(w, s.expand_as(w), lo, hi, g, lambda d: d.sum())
-        dims = tuple(range(1, w.dim()))
-        return lsq_fake_quant(w, expand_scale(s, w, None), lo, hi, g,
-                              lambda d: d.sum(dim=dims))
+        return lsq_fake_quant(w, expand_scale(s, w, None), lo, hi, g)
 
     def extra_repr(self) -> str:
         return "learned step, " + super().extra_repr()
@@ -168,7 +164,7 @@ class LearnedActivationQuantizer(ActivationQuantizer):
         zp = int(self.zero_point)
         s = _positive(self.step_size)
         g = 1.0 / math.sqrt(x.numel() * (qmax - qmin))
-        return lsq_fake_quant(x, s.expand_as(x), qmin - zp, qmax - zp, g, lambda d: d.sum())
+        return lsq_fake_quant(x, s.expand_as(x), qmin - zp, qmax - zp, g)
 
     def extra_repr(self) -> str:
         return "learned step, " + super().extra_repr()
