@@ -88,7 +88,8 @@ def run_one(setting: str, args) -> dict:
     if setting != "fp32":
         cfg = wo.WeightOnlyConfig(bits=args.bits, group_size=args.group_size,
                                   symmetric=not args.asymmetric, algorithm=setting,
-                                  allow_partial_group=True)
+                                  allow_partial_group=True, awq_grid=args.awq_grid,
+                                  awq_search_tokens=args.awq_search_tokens)
         data = None
         if cfg.needs_data:
             data = calibration_batches(tok, calib_text, seq_len=args.seq_len, n=args.calib_n,
@@ -144,6 +145,8 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=8192, help="held-out tokens scored")
     ap.add_argument("--out", default=str(HERE / "results" / "llm_weight_only_torch.json"))
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--awq-grid", type=int, default=20)
+    ap.add_argument("--awq-search-tokens", type=int, default=2048)
     ap.add_argument("--blocks", type=int, default=0,
                     help="probe: calibrate only the first N blocks (time and memory only)")
     ap.add_argument("--one", help=argparse.SUPPRESS)     # child process: run one setting
