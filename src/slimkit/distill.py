@@ -221,3 +221,77 @@ class Distillation:
                 )
             total = total + F.mse_loss(s, t.detach())
         return total
+
+
+def as_distillation(teacher, config: DistillationConfig | dict | None = None,
+                    student: nn.Module | None = None) -> Distillation:
+    """A :class:`Distillation` from what a callback or recipe was given: one already built,
+    or a teacher module (with a config, its fields as a dict, or the defaults)."""
+    if isinstance(teacher, Distillation):
+        if config is not None:
+            raise ValueError("pass the distillation config to Distillation, not both "
+                             "(teacher= is already a Distillation)")
+        return teacher.attach(student) if student is not None else teacher
+    if isinstance(config, Mapping):
+        config = DistillationConfig(**config)
+    return Distillation(teacher, config, student=student)
+
+
+class CapturedOutput:
+    """Keeps the latest training-mode output of a model (a forward hook), so a callback that
+    does not see the loss computation can still read the student's logits of the step."""
+
+    def __init__(self, model: nn.Module):
+        self.output = None
+        self.handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        if module.training and torch.is_grad_enabled() and self.output is None:
+            self.output = output  # the step's first forward: the training output
+
+    def take(self):
+        out, self.output = self.output, None
+        return out
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def extra_backward(distill: Distillation, inputs, student_output, loss: torch.Tensor,
+                   scale: float = 1.0) -> None:
+    """Backpropagate what turns ``loss`` into the distillation loss, before ``loss`` itself is
+    backpropagated: ``w * (kd - loss) + feature term``, so the two gradients add up to those
+    of ``(1 - w) * loss + w * kd + feature term``. ``scale`` is the factor the trainer already
+    applied to ``loss`` (1 / gradient accumulation steps)."""
+    cfg = distill.config
+    kd = distillation_loss(logits_of(student_output),
+                           logits_of(distill.teacher_output(inputs)), cfg.temperature)
+    extra = cfg.weight * (scale * kd - loss)
+    if cfg.feature_pairs() and cfg.feature_weight > 0:
+        extra = extra + scale * cfg.feature_weight * distill.feature_loss()
+    extra.backward(retain_graph=True)
+
+
+def wrap_forward(model: nn.Module, distill: Distillation):
+    """Make ``model``'s training forward return the distillation loss as its ``loss`` (a Hugging
+    Face model called with ``labels``), so a Trainer that takes ``outputs.loss`` distills.
+    Returns the function that undoes it."""
+    original = model.forward
+
+    def forward(*args, **kwargs):
+        out = original(*args, **kwargs)
+        loss = out.get("loss") if isinstance(out, Mapping) else getattr(out, "loss", None)
+        if model.training and torch.is_grad_enabled() and loss is not None:
+            inputs = {k: v for k, v in kwargs.items() if k != "labels"}
+            if args:
+                raise ValueError("distillation with the Trainer needs keyword inputs "
+                                 "(model(**batch)); got positional ones")
+            out["loss"] = distill(inputs, out, loss)
+        return out
+
+    model.forward = forward  # an instance attribute shadows the class's forward
+
+    def undo():
+        model.__dict__.pop("forward", None)
+
+    return undo

@@ -100,21 +100,24 @@ def train(
     description: str = "training",
     on_epoch_end: Callable[[int], None] | None = None,
     start_epoch: int = 0,
+    distill=None,
 ) -> list[float]:
     """Train with Adam and cross-entropy, reshuffling each epoch; returns seconds per epoch.
 
     ``scheduler`` (a :class:`slimkit.Scheduler`) is stepped after every optimizer step. The
     shuffle of epoch ``e`` depends only on ``(seed, e)``, so a run resumed at ``start_epoch``
-    sees the same batches as an uninterrupted one.
+    sees the same batches as an uninterrupted one. ``distill`` (a
+    :class:`slimkit.distill.Distillation`) turns the loss into the distillation loss.
     """
     opt = torch.optim.Adam((p for p in model.parameters() if p.requires_grad), lr=lr)
     return train_with(model, data, opt, epochs=epochs, batch_size=batch_size, seed=seed,
                       scheduler=scheduler, progress=progress, description=description,
-                      on_epoch_end=on_epoch_end, start_epoch=start_epoch)
+                      on_epoch_end=on_epoch_end, start_epoch=start_epoch, distill=distill)
 
 
 def train_with(model, data, opt, *, epochs, batch_size=32, seed=0, scheduler=None, progress=False,
-               description="training", on_epoch_end=None, start_epoch=0) -> list[float]:
+               description="training", on_epoch_end=None, start_epoch=0,
+               distill=None) -> list[float]:
     """:func:`train` with a caller-owned optimizer (to checkpoint and resume its state)."""
     from rich.progress import Progress
 
@@ -130,7 +133,11 @@ def train_with(model, data, opt, *, epochs, batch_size=32, seed=0, scheduler=Non
             t0 = time.perf_counter()
             for i in range(steps):
                 idx = order[i * batch_size:(i + 1) * batch_size]
-                loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                x = data.x_train[idx]
+                logits = model(x)
+                loss = F.cross_entropy(logits, data.y_train[idx])
+                if distill is not None:
+                    loss = distill(x, logits, loss)
                 optimizer_step(loss, opt, scheduler)
                 bar.advance(task)
             times.append(time.perf_counter() - t0)

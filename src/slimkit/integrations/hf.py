@@ -41,12 +41,18 @@ class SlimkitTrainerCallback(TrainerCallback):
         model_attr: the attribute of the Trainer's model holding the prepared model (dotted
             for nested ones); ``None``: the Trainer's model itself, searched whole.
         per_layer: also log each layer's sparsity / clusters / observer range.
+        teacher: distill from this model while training (a copy of the model before it was
+            compressed), or a ready :class:`slimkit.distill.Distillation`: during training the
+            model's ``outputs.loss`` (computed from ``labels``) becomes the distillation loss.
+        distill: the :class:`slimkit.distill.DistillationConfig` (or its fields) for a plain
+            ``teacher`` module.
 
     Example:
         >>> trainer = Trainer(model, args, train_dataset=ds, callbacks=[SlimkitTrainerCallback()])
     """
 
-    def __init__(self, model_attr: str | None = None, per_layer: bool = False):
+    def __init__(self, model_attr: str | None = None, per_layer: bool = False, teacher=None,
+                 distill=None):
         if model_attr is not None and not (isinstance(model_attr, str) and model_attr):
             raise ValueError(
                 f"model_attr must be None or an attribute name, got {model_attr!r} "
@@ -55,6 +61,8 @@ class SlimkitTrainerCallback(TrainerCallback):
         self.model_attr = model_attr
         self.per_layer = per_layer
         self.scheduler: DistributedScheduler | None = None
+        self.teacher, self.distill_config = teacher, distill
+        self._undo = None
 
     def add_to(self, trainer) -> SlimkitTrainerCallback:
         """Register this callback first in ``trainer``, before the ``report_to`` integrations."""
@@ -73,6 +81,16 @@ class SlimkitTrainerCallback(TrainerCallback):
         # A fresh scheduler per train(): the model may have been prepared again since.
         self.scheduler = None
         self._ensure_scheduler(model)
+        if self.teacher is not None and self._undo is None:
+            from slimkit.distill import as_distillation, wrap_forward
+
+            self._undo = wrap_forward(model, as_distillation(self.teacher, self.distill_config,
+                                                             student=model))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._undo is not None:
+            self._undo()
+            self._undo = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self._ensure_scheduler(model).step()

@@ -42,6 +42,12 @@ class SlimkitCallback(pl.Callback):
         log_every_n_steps: log :func:`training_stats` every this many optimizer steps
             (``None``: the trainer's ``log_every_n_steps``; 0: never).
         per_layer: also log each layer's sparsity / clusters / observer range.
+        teacher: distill from this model while training (typically a copy of the model before
+            it was compressed), or a ready :class:`slimkit.distill.Distillation`. The
+            callback adds the distillation gradient in ``on_before_backward`` (fp32 / bf16;
+            not with a GradScaler), so ``training_step`` keeps returning its task loss.
+        distill: the :class:`slimkit.distill.DistillationConfig` (or its fields) for a plain
+            ``teacher`` module.
 
     The statistics are also logged (without the loggers) at the end of every training
     epoch, so ``ModelCheckpoint(monitor="slimkit/sparsity")`` and the progress bar see them.
@@ -51,7 +57,7 @@ class SlimkitCallback(pl.Callback):
     """
 
     def __init__(self, model_attr: str | None = None, log_every_n_steps: int | None = None,
-                 per_layer: bool = False):
+                 per_layer: bool = False, teacher=None, distill=None):
         if model_attr is not None and not (isinstance(model_attr, str) and model_attr):
             raise ValueError(
                 f"model_attr must be None or an attribute name, got {model_attr!r} "
@@ -69,6 +75,10 @@ class SlimkitCallback(pl.Callback):
         self.per_layer = per_layer
         self.scheduler: DistributedScheduler | None = None
         self._seen = 0
+        self.teacher, self.distill_config = teacher, distill
+        self.distill = None
+        self._capture = None
+        self._inputs = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         target = find_prepared(pl_module, self.model_attr, "SlimkitCallback")
@@ -76,6 +86,37 @@ class SlimkitCallback(pl.Callback):
         # Checkpoints are restored before this hook: count optimizer steps from here, so a
         # resumed run (its step buffers restored too) steps on from where it stopped.
         self._seen = trainer.global_step
+        if self.teacher is not None:
+            from slimkit.distill import CapturedOutput, as_distillation
+
+            self.distill = as_distillation(self.teacher, self.distill_config, student=target)
+            self._capture = CapturedOutput(target)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self.distill is not None:
+            from slimkit.core.batch import batch_inputs
+
+            self._inputs = batch_inputs(batch)
+            self._capture.output = None
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if self.distill is None:
+            return
+        out = self._capture.take()
+        if out is None:
+            raise ValueError(
+                "SlimkitCallback(teacher=...): the prepared model did not run in this training "
+                "step, so there is no student output to distill into"
+            )
+        from slimkit.distill import extra_backward
+
+        extra_backward(self.distill, self._inputs, out, loss,
+                       scale=1.0 / max(trainer.accumulate_grad_batches, 1))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs,
                            batch, batch_idx: int) -> None:

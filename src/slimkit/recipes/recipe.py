@@ -101,6 +101,9 @@ class RecipeStage:
     calibration_batches: int = 0
     targets: list[str] | None = None
     ignore: list[str] | None = None
+    # Distill from the baseline model while this stage fine-tunes: DistillationConfig fields
+    # ({} or true: the defaults); None: the task loss only.
+    distill: dict | None = None
 
     @property
     def trains(self) -> bool:
@@ -353,6 +356,25 @@ def _stage(p: _Problems, raw: Any, index: int) -> RecipeStage | None:
         ok = value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
         p.check(ok, f"{loc}.{key}", "a list of layer patterns (type names, globs, 're:' regexes)",
                 value)
+    distill = raw.get("distill")
+    if distill is True:
+        distill = {}
+    if distill is not None and distill is not False:
+        from slimkit.core.config import ConfigError
+        from slimkit.distill import DistillationConfig
+
+        if not isinstance(distill, dict):
+            p.add(f"{loc}.distill", "true, or a mapping of DistillationConfig fields "
+                  f"(temperature, weight, features, feature_weight), got {_kind(distill)}")
+            distill = None
+        else:
+            try:
+                DistillationConfig(**distill)
+            except (ConfigError, TypeError) as e:
+                p.add(f"{loc}.distill", str(e))
+                distill = None
+    else:
+        distill = None
     if tech is not None:
         # 100 steps per epoch stands in for the real figure, unknown before the data loads.
         cfg = _build_config(tech.config_cls, config, 100.0, f"{loc}.config", p.problems)
@@ -361,7 +383,7 @@ def _stage(p: _Problems, raw: Any, index: int) -> RecipeStage | None:
                   "calibration data: give calibration_batches >= 1 (e.g. 4 batches of 32)")
     return RecipeStage(name=name, technique=technique, config=config, epochs=epochs,
                        steps=steps, lr=lr, calibration_batches=calib,
-                       targets=raw.get("targets"), ignore=raw.get("ignore"))
+                       targets=raw.get("targets"), ignore=raw.get("ignore"), distill=distill)
 
 
 def _build_config(cls: type[Config], fields: dict, steps_per_epoch: float | None, loc: str,

@@ -116,8 +116,10 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None = N
             model, steps = _baseline(recipe, task, max_steps, console, progress)
             config = None
         else:
+            teacher = _teacher(out, phases[0], task) if phase.stage.distill is not None \
+                else None
             steps, config = _stage(model, phase, task, len(phases), max_steps, console, progress,
-                                   recipe.source)
+                                   recipe.source, teacher=teacher)
         seconds = time.perf_counter() - start
         row = _measure(model, phase, recipe, task, out)
         row.update(steps=steps, seconds=seconds, config=config)
@@ -151,8 +153,15 @@ def _baseline(recipe: Recipe, task: Task, max_steps, console, progress) -> tuple
     return model, total
 
 
+def _teacher(out: Path, baseline: Phase, task: Task) -> nn.Module:
+    """The distillation teacher: the baseline model, as its checkpoint saved it (so a resumed
+    run distills from the same model)."""
+    return sk.load(out / "checkpoints" / f"{baseline.checkpoint_name}.pt",
+                   model=task.make_model()).eval()
+
+
 def _stage(model: nn.Module, phase: Phase, task: Task, n_phases: int, max_steps, console,
-           progress, source: str) -> tuple[int, dict]:
+           progress, source: str, teacher: nn.Module | None = None) -> tuple[int, dict]:
     stage = phase.stage
     loc = f"stages[{phase.index - 1}]"
     total, per_epoch = _plan(stage.epochs, stage.steps, task, max_steps, loc)
@@ -172,9 +181,14 @@ def _stage(model: nn.Module, phase: Phase, task: Task, n_phases: int, max_steps,
         # technique refuses) are still the recipe's: report them with the stage's location.
         raise RecipeError(source, [(loc, str(e))]) from e
     if total:
+        distill = None
+        if teacher is not None:
+            from slimkit.distill import Distillation, DistillationConfig
+
+            distill = Distillation(teacher, DistillationConfig(**stage.distill), student=model)
         _train(model, task, total, stage.lr,
                f"phase {phase.index}/{n_phases - 1} {stage.name} ({stage.technique})",
-               console, progress)
+               console, progress, distill=distill)
     model.eval()
     return total, config.to_dict()
 
@@ -194,7 +208,7 @@ def _plan(epochs, steps, task: Task, max_steps, loc: str) -> tuple[int, float | 
 
 
 def _train(model: nn.Module, task: Task, total: int, lr: float, description: str,
-           console: Console, progress: bool) -> None:
+           console: Console, progress: bool, distill=None) -> None:
     """Adam on the task's loss for ``total`` steps, stepping sk.Scheduler after each one."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
@@ -211,7 +225,10 @@ def _train(model: nn.Module, task: Task, total: int, lr: float, description: str
         while done < total:
             for batch in task.train_loader:
                 inputs, targets = _split(batch)
-                loss = task.loss_fn(_call(model, inputs), targets)
+                output = _call(model, inputs)
+                loss = task.loss_fn(output, targets)
+                if distill is not None:
+                    loss = distill(inputs, output, loss)
                 if not torch.isfinite(loss):
                     raise RuntimeError(f"{description}: the loss is {loss.item()} at step "
                                        f"{done}; lower lr or check the data")
