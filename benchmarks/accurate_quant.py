@@ -49,7 +49,7 @@ register(ADAROUND_TECHNIQUE)  # until the entry point is added
 
 AIMET = {"model": "ResNet-18 ImageNet (AIMET model zoo, published)", "fp32": 69.68,
          "adaround_w4a8": 68.55}
-DISTILL = {"temperature": 4.0, "weight": 0.7}
+DISTILL = {"temperature": 4.0, "weight": 0.7, "cache_teacher": True}
 
 
 class InvertedResidual(nn.Module):
@@ -206,6 +206,8 @@ def ptq_rows(name, model, data, folder: Path) -> list[dict]:
                      "accuracy": acc, "seconds": seconds, "warnings": notes})
     for r in rows:
         r["drop_points"] = 100 * (fp32 - r["accuracy"])
+        print(f"  {name} | {r['variant']}: {r['accuracy']:.4f} ({r['drop_points']:.2f} pt)",
+              flush=True)
     return rows
 
 
@@ -224,6 +226,7 @@ def qat_rows(model, data, folder: Path, epochs: int = 5) -> list[dict]:
         rows.append({"model": "digits-cnn", "group": "4-bit QAT", "variant": label,
                      "accuracy": acc, "drop_points": 100 * (fp32 - acc),
                      "seconds_per_epoch": statistics.median(times)})
+        print(f"  {label}: {acc:.4f}", flush=True)
     return rows
 
 
@@ -364,7 +367,7 @@ def main() -> None:
         runs = []
         for seed in args.seeds:
             runs.append(distill_seed(seed, data, folder))
-            print(f"distillation seed {seed} done", flush=True)
+            print(f"distillation seed {seed} done: {runs[-1]}", flush=True)
     keys = [k for k, v in runs[0].items() if isinstance(v, float)]
     distill_stats = {k: summary([r[k] for r in runs]) for k in keys}
     write_results(args.out, {

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,6 +32,9 @@ import torch.nn.functional as F
 
 from slimkit.core.batch import call_model
 from slimkit.core.config import Config
+
+# The teacher-output cache keeps at most this many bytes of logits (then it stops growing).
+CACHE_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -43,12 +47,18 @@ class DistillationConfig(Config):
         features: module names whose outputs are matched by MSE (the same name in student and
             teacher), or ``{student module: teacher module}``; empty: logits only.
         feature_weight: weight of the feature term (>= 0).
+        cache_teacher: keep the teacher's logits of every input sample seen (keyed by a hash
+            of the sample's bytes) and reuse them when the sample comes back in a later epoch.
+            Exact, because the teacher is frozen and in eval mode; it pays off when the
+            fine-tune revisits the same samples (no random augmentation). Tensor inputs and
+            logits-only distillation; at most ``CACHE_BYTES`` of logits are kept.
     """
 
     temperature: float = 4.0
     weight: float = 0.5
     features: list | dict = field(default_factory=list)
     feature_weight: float = 1.0
+    cache_teacher: bool = False
 
     def __post_init__(self):
         self._require(isinstance(self.temperature, (int, float)) and self.temperature > 0,
@@ -63,6 +73,9 @@ class DistillationConfig(Config):
                                       "module}")
         self._require(isinstance(self.feature_weight, (int, float)) and self.feature_weight >= 0,
                       "feature_weight", "a number >= 0")
+        self._require(isinstance(self.cache_teacher, bool), "cache_teacher", "True or False")
+        self._require(not (self.cache_teacher and self.features), "cache_teacher",
+                      "False with features (the teacher must run to produce its features)")
 
     def feature_pairs(self) -> list[tuple[str, str]]:
         if isinstance(self.features, Mapping):
@@ -160,6 +173,8 @@ class Distillation:
         self._teacher_features = _Features(teacher, [t for _, t in pairs], "teacher") \
             if pairs else None
         self._student_features = None
+        self._cache: dict[bytes, torch.Tensor] = {}
+        self._cache_bytes = 0
         if student is not None:
             self.attach(student)
 
@@ -188,9 +203,29 @@ class Distillation:
         with torch.no_grad():
             return call_model(self.teacher, inputs)
 
+    def teacher_logits(self, inputs) -> torch.Tensor:
+        """The teacher's logits on ``inputs`` (from the cache where it has them)."""
+        if not (self.config.cache_teacher and isinstance(inputs, torch.Tensor)):
+            return logits_of(self.teacher_output(inputs))
+        rows = inputs.detach().contiguous().cpu().numpy()
+        keys = [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        if missing:
+            fresh = logits_of(self.teacher_output(inputs[missing]))
+            for i, row in zip(missing, fresh):
+                if self._cache_bytes < CACHE_BYTES:
+                    self._cache[keys[i]] = row.clone()
+                    self._cache_bytes += row.numel() * row.element_size()
+            if len(missing) == len(keys):
+                return fresh
+            got = dict(zip(missing, fresh))
+            return torch.stack([got[i] if i in got else self._cache[k]
+                                for i, k in enumerate(keys)])
+        return torch.stack([self._cache[k] for k in keys])
+
     def __call__(self, inputs, student_output, task_loss: torch.Tensor | None = None):
         cfg = self.config
-        teacher_logits = logits_of(self.teacher_output(inputs))
+        teacher_logits = self.teacher_logits(inputs)
         loss = distillation_loss(logits_of(student_output), teacher_logits, cfg.temperature)
         if task_loss is not None:
             loss = (1 - cfg.weight) * task_loss + cfg.weight * loss
@@ -264,8 +299,8 @@ def extra_backward(distill: Distillation, inputs, student_output, loss: torch.Te
     of ``(1 - w) * loss + w * kd + feature term``. ``scale`` is the factor the trainer already
     applied to ``loss`` (1 / gradient accumulation steps)."""
     cfg = distill.config
-    kd = distillation_loss(logits_of(student_output),
-                           logits_of(distill.teacher_output(inputs)), cfg.temperature)
+    kd = distillation_loss(logits_of(student_output), distill.teacher_logits(inputs),
+                           cfg.temperature)
     extra = cfg.weight * (scale * kd - loss)
     if cfg.feature_pairs() and cfg.feature_weight > 0:
         extra = extra + scale * cfg.feature_weight * distill.feature_loss()

@@ -68,3 +68,20 @@ def test_invalid_configs_name_the_field(changes, field):
 def test_config_round_trips():
     cfg = DistillationConfig(temperature=2.0, features={"fc1": "fc1"})
     assert sk.Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_teacher_cache_is_exact_and_skips_the_teacher():
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    calls = []
+    teacher.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    cached = Distillation(teacher, cache_teacher=True)
+    x = torch.randn(6, 4)
+    first = cached.teacher_logits(x)
+    again = cached.teacher_logits(x[[5, 0, 3]])  # the same samples, another batch
+    mixed = cached.teacher_logits(torch.cat([x[:2], torch.randn(1, 4)]))
+    assert calls == [6, 1]  # the second batch entirely from the cache, one new sample
+    torch.testing.assert_close(again, teacher(x[[5, 0, 3]]), rtol=0, atol=0)
+    torch.testing.assert_close(mixed[:2], first[:2], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cache_teacher"):
+        DistillationConfig(cache_teacher=True, features=["0"])
