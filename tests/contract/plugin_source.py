@@ -44,12 +44,15 @@ class InputClipConfig(Config):
 
     margin: float = 1.5
     step: float = 1.0 / 512
+    track_steps: int = 1000
 
     def __post_init__(self):
         self._require(isinstance(self.margin, (int, float)) and self.margin >= 1.0, "margin",
                       "a number >= 1")
         self._require(isinstance(self.step, (int, float)) and 0 < self.step < 1, "step",
                       "a number in (0, 1)")
+        self._require(isinstance(self.track_steps, int) and self.track_steps >= 0,
+                      "track_steps", "an integer >= 0")
 
 
 class RoundWeight(SlimParametrization):
@@ -69,14 +72,16 @@ class RoundWeight(SlimParametrization):
 
 class InputClip(SlimState, nn.Module):
     """Clips a layer's input to ``margin * peak``; ``peak`` is calibrated, then tracks the
-    largest |x| seen while training (so it moves in forward passes)."""
+    largest |x| seen while training (so it moves in forward passes) for the first
+    ``track_steps`` scheduler steps (the ``step`` buffer sk.Scheduler advances)."""
 
     sync_rules = {"peak": "max", "calibrated": "any"}
     sync_valid = "calibrated"
 
-    def __init__(self, margin: float):
+    def __init__(self, margin: float, track_steps: int = 1000):
         super().__init__()
-        self.margin = margin
+        self.margin, self.track_steps = margin, track_steps
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("peak", torch.zeros(()))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
         self.bound = None  # a Python number at export: torch.export cannot branch on buffers
@@ -84,7 +89,7 @@ class InputClip(SlimState, nn.Module):
     def forward(self, x):
         if self.bound is not None:
             return torch.clamp(x, -self.bound, self.bound)
-        if self.training:
+        if self.moves_in_forward():
             with torch.no_grad():
                 self.peak.copy_(torch.maximum(self.peak, x.detach().abs().amax()))
                 self.calibrated.fill_(True)
@@ -100,18 +105,18 @@ class InputClip(SlimState, nn.Module):
         return {"clip/peak": float(self.peak)}
 
     def moves_in_forward(self):
-        return self.training
+        return self.training and int(self.step) < self.track_steps
 
 
 def _clip_input(module, args):
     return (module._sk_clip(args[0]), *args[1:])
 
 
-def _attach_clips(model, layers, margin):
+def _attach_clips(model, layers, config):
     for mname, _t in layers:
         module = get_module(model, mname)
         if "_sk_clip" not in module._modules:
-            module._sk_clip = InputClip(margin)
+            module._sk_clip = InputClip(config.margin, config.track_steps)
             module.register_forward_pre_hook(_clip_input)
 
 
@@ -128,11 +133,11 @@ class InputClipTechnique(Technique):
             if raw_tensor(get_module(model, m), t).dim() < 2:
                 continue
             register_parametrization(model, sites, RoundWeight(config.step))
-        _attach_clips(model, layers, config.margin)
+        _attach_clips(model, layers, config)
 
     def replay(self, model, config, layers, record):
         if record.get("stripped"):
-            _attach_clips(model, layers, config.margin)  # the rounding is baked
+            _attach_clips(model, layers, config)  # the rounding is baked
         else:
             self.prepare(model, config, layers)
 

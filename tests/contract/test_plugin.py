@@ -38,8 +38,10 @@ def plugin_site(tmp_path_factory):
     docs.mkdir()
     for page in ("overview.md", "guide.md"):
         (docs / page).write_text(f"# input-clip {page}\n\nA plugin technique for the tests.\n")
+    cell = {"cell_type": "markdown", "id": "intro", "metadata": {},
+            "source": ["# input-clip\n", "A plugin technique for the tests."]}
     (docs / "notebook.ipynb").write_text(json.dumps(
-        {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+        {"cells": [cell], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
     source = (HERE / "plugin_source.py").read_text().replace(
         'DOCS = ""', f"DOCS = {str(docs)!r}")
     (pkg / "__init__.py").write_text(source)
