@@ -134,7 +134,8 @@ class Bench:
         self.args = args
         self.work = Path(args.work)
         self.work.mkdir(parents=True, exist_ok=True)
-        self.results = json.loads(OUT.read_text()) if OUT.exists() and args.merge else {}
+        self.out = Path(args.out)
+        self.results = json.loads(self.out.read_text()) if self.out.exists() and args.merge else {}
         self.results.setdefault("rows", {})
         self.results["settings"] = {
             "calib_n": args.calib_n, "calib_n_other": args.calib_n_other,
@@ -157,8 +158,8 @@ class Bench:
     # -- helpers ---------------------------------------------------------------------------
     def save(self) -> None:
         self.results["settings"]["load_average_at_end"] = os.getloadavg()
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(self.results, indent=2, default=float))
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(self.results, indent=2, default=float))
 
     def row(self, name: str, **fields) -> dict:
         fields = {k: v for k, v in fields.items() if v is not None}
@@ -480,9 +481,8 @@ class Bench:
 
         def embed(mdl, sentences):
             ids, mask = tokenize(tok, sentences)
-            with torch.no_grad():
-                h = mdl(input_ids=ids, attention_mask=mask).last_hidden_state
-            return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            with torch.no_grad():   # MiniLMEncoder: mean-pooled, L2-normalised embeddings
+                return mdl(input_ids=ids, attention_mask=mask)
 
         ref = embed(model, eval_s)
         cal = []
@@ -496,7 +496,7 @@ class Bench:
             "smoothquant-0.5": lambda m: sk.quantize(m, SmoothQuantConfig(alpha=0.5),
                                                      calibration=cal, progress=False),
             "magnitude-50": lambda m: sk.prune(m, sk.MagnitudePruningConfig(0.5),
-                                               targets=["encoder.layer.*"]),
+                                               targets=["bert.encoder.layer.*"]),
             "wanda-50": lambda m: sk.prune(m, WandaConfig(0.5), calibration=cal, progress=False),
             "sparsegpt-50": lambda m: sk.prune(m, SparseGPTConfig(0.5), calibration=cal,
                                                progress=False),
@@ -532,6 +532,7 @@ def main(argv=None):
                    help="settings for a heavily loaded 2-core machine: 4 x 512 calibration "
                         "tokens everywhere, 1024 perplexity tokens, 3 latency runs")
     p.add_argument("--work", default="/tmp/slimkit-llm-w8a8")
+    p.add_argument("--out", default=str(OUT), help="the JSON file (default: %(default)s)")
     p.add_argument("--merge", action="store_true", help="merge into the existing JSON")
     args = p.parse_args(argv)
     if args.quick:
