@@ -132,16 +132,22 @@ def nbits_summary(path: Path) -> dict:
 # -- results file -----------------------------------------------------------------------------
 
 
-def load_results() -> dict:
-    if RESULTS.exists():
-        return json.loads(RESULTS.read_text())
+def load_results(path: Path | None = None) -> dict:
+    path = path or RESULTS
+    if path.exists():
+        return json.loads(path.read_text())
     return {"rows": {}}
 
 
 def save_results(results: dict) -> None:
-    RESULTS.parent.mkdir(exist_ok=True)
-    with atomic_path(RESULTS) as tmp:
-        Path(tmp).write_text(json.dumps(results, indent=2, default=float))
+    """Merge ``results`` into the file (rows another run wrote meanwhile are kept)."""
+    path = results.get("_path", RESULTS)
+    path.parent.mkdir(exist_ok=True)
+    on_disk = load_results(path)
+    merged = {**on_disk, **{k: v for k, v in results.items() if k != "_path"}}
+    merged["rows"] = {**on_disk.get("rows", {}), **results.get("rows", {})}
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(merged, indent=2, default=float))
 
 
 def put(results: dict, key: str, row: dict) -> None:
@@ -163,7 +169,7 @@ def failed(label: str, tool: str, reason: str) -> dict:
 
 
 def slimkit_row(model, tok, fp32_path: Path, out: Path, key: str, label: str, cfg_kwargs: dict,
-                algorithm: str, calibration, args, *, accuracy_level=None, head=False) -> dict:
+                algorithm: str, calibration, args, *, accuracy_level=None, head=None) -> dict:
     import onnx
 
     work = copy.deepcopy(model)
@@ -172,8 +178,12 @@ def slimkit_row(model, tok, fp32_path: Path, out: Path, key: str, label: str, cf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sk.quantize(work, cfg, calibration=calibration if cfg.needs_data else None)
-        if head:  # the tied head / embedding as int8 per channel (one tensor, both sites)
+        if head == "int8":  # the tied head / embedding as int8 per channel (one tensor)
             sk.quantize(work, WeightOnlyConfig(bits=8, group_size=None, quantize_lm_head=True),
+                        targets=["lm_head"])
+        elif head == "int4":  # int4 like onnxruntime-genai's builder; g64 divides 576, so
+            # the embedding lookup can run as GatherBlockQuantized on the same codes
+            sk.quantize(work, WeightOnlyConfig(bits=4, group_size=64, quantize_lm_head=True),
                         targets=["lm_head"])
     quant_s = time.perf_counter() - start
     proto, ctx = wo_onnx.rewrite_float_graph(onnx.load(str(fp32_path)), model, work,
@@ -191,7 +201,7 @@ def slimkit_row(model, tok, fp32_path: Path, out: Path, key: str, label: str, cf
     gc.collect()
     row = {
         "label": label, "tool": "slimkit", "algorithm": algorithm, **cfg_kwargs,
-        "accuracy_level": notes["accuracy_level"], "head": "int8 per-channel" if head else "fp32",
+        "accuracy_level": notes["accuracy_level"], "head": {"int8": "int8 per-channel", "int4": "int4 sym g64"}.get(head, "fp32"),
         "calibration_sequences": len(calibration) if cfg.needs_data else 0,
         "calibration_s" if cfg.needs_data else "quantize_s": quant_s,
         "rewritten_layers": notes["rewritten"], "skipped_layers": len(notes["skipped"]),
@@ -412,6 +422,29 @@ def minilm_rows(work: Path, results: dict) -> None:
     put(results, "minilm_int4_g32", row)
 
 
+# -- speed, paired ---------------------------------------------------------------------------------
+
+
+def speed_rows(work: Path, results: dict, keys: list[str], rounds: int) -> None:
+    """Decode tokens/s of several artifacts taking turns (one 128-token run each per round),
+    so machine load hits them alike; the medians and the ratios to the first artifact."""
+    paths = {k: work / k / "model.onnx" for k in keys if (work / k / "model.onnx").exists()}
+    decoders = {k: OrtDecoder(cpu_session(p, THREADS)) for k, p in paths.items()}
+    for dec in decoders.values():  # warm-up
+        decode_speed(dec, new_tokens=16, runs=1)
+    rates: dict[str, list[float]] = {k: [] for k in decoders}
+    for _ in range(rounds):
+        for k, dec in decoders.items():
+            rates[k].append(decode_speed(dec, new_tokens=128, runs=1)["tokens_per_s"])
+    first = next(iter(rates))
+    row = {"label": "decode tokens/s, artifacts taking turns", "tool": "slimkit",
+           "rounds": rounds, "tokens_per_s": {k: statistics.median(v) for k, v in rates.items()},
+           "all_runs": rates}
+    row["ratio_to_" + first] = {k: row["tokens_per_s"][k] / row["tokens_per_s"][first]
+                                for k in rates}
+    put(results, "speed_paired", row)
+
+
 # -- table -----------------------------------------------------------------------------------------
 
 
@@ -449,7 +482,12 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/slimkit-llm-bench", type=Path)
     ap.add_argument("--only", nargs="*", default=["slimkit", "reference", "levels", "minilm"],
-                    choices=["slimkit", "reference", "levels", "minilm", "table"])
+                    choices=["slimkit", "reference", "levels", "minilm", "speed", "table"])
+    ap.add_argument("--speed-keys", nargs="*", default=[
+        "fp32", "slimkit_gptq_int4_sym_g128", "slimkit_rtn_int4_sym_g128",
+        "slimkit_rtn_int4_sym_g128_head_int8", "slimkit_rtn_int4_sym_g128_head_int4",
+        "genai_int4_g128", "genai_int4_g32"])
+    ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument("--settings", nargs="*", default=[k for k, *_ in SETTINGS])
     ap.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS))
     ap.add_argument("--eval-tokens", type=int, default=2048)
@@ -457,14 +495,19 @@ def main(argv=None) -> None:
     ap.add_argument("--calib-n-other", type=int, default=8)
     ap.add_argument("--decode-runs", type=int, default=2)
     ap.add_argument("--redo", action="store_true", help="re-measure rows already in the JSON")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="the results JSON (merged)")
     args = ap.parse_args(argv)
     torch.set_num_threads(THREADS)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = load_results()
+    results = load_results(args.out)
+    results["_path"] = args.out
     args.skip_done = set() if args.redo else {k for k, r in results["rows"].items()
                                                if "error" not in r}
     if args.only == ["table"]:
         print_table(results)
+        return
+    if args.only == ["speed"]:
+        speed_rows(args.work, results, args.speed_keys, args.speed_rounds)
         return
 
     model, tok = load_smollm2()
@@ -525,9 +568,12 @@ def main(argv=None) -> None:
             run_row(f"slimkit_rtn_int4_sym_g128_level{level}",
                     f"slimkit RTN int4 sym g128, accuracy_level {level}", kwargs, "rtn",
                     calibration, args, accuracy_level=level)
-        run_row("slimkit_gptq_int4_sym_g128_head_int8",
-                "slimkit GPTQ int4 sym g128 + int8 tied head/embedding", kwargs, "gptq",
-                calibration, args, head=True)
+        run_row("slimkit_rtn_int4_sym_g128_head_int8",
+                "slimkit RTN int4 sym g128 + int8 per-channel tied head/embedding", kwargs, "rtn",
+                calibration, args, head="int8")
+        run_row("slimkit_rtn_int4_sym_g128_head_int4",
+                "slimkit RTN int4 sym g128 + int4 g64 tied head/embedding", kwargs, "rtn",
+                calibration, args, head="int4")
     if "reference" in args.only:
         ort_quantizer_rows(fp32_path, args.work, results, tok, args)
         nncf_rows(fp32_path, args.work, results, tok, calibration, args)
