@@ -36,12 +36,12 @@ def test_invalid_adaround_configs_name_the_field(changes, field):
 
 def test_w4a8_adaround_beats_nearest_and_the_artifact_holds_its_integers(cnn, digits,
                                                                           tmp_path):
-    calib = digits.x_train[:256]
+    calib = digits.x_train[:128]
     nearest = copy.deepcopy(cnn)
     sk.quantize(nearest, AdaRoundConfig(weight_bits=4, rounding="nearest"), calibration=calib,
                 progress=False)
     t0 = time.perf_counter()
-    sk.quantize(cnn, AdaRoundConfig(weight_bits=4, iterations=300), calibration=calib,
+    sk.quantize(cnn, AdaRoundConfig(weight_bits=4, iterations=150), calibration=calib,
                 progress=False)
     assert time.perf_counter() - t0 < 60  # the bound for the whole digits CNN
 
@@ -61,9 +61,6 @@ def test_w4a8_adaround_beats_nearest_and_the_artifact_holds_its_integers(cnn, di
         np.testing.assert_array_equal(stored, expected)
 
     rtn_path = sk.export_onnx(nearest, tmp_path / "rtn.onnx", example_inputs=digits.x_test[:8])
-    fp32 = sk.export_onnx(copy.deepcopy(nearest), tmp_path / "f.onnx",
-                          example_inputs=digits.x_test[:8])
-    assert fp32 is not None
     acc, acc_rtn = ort_accuracy(path, digits), ort_accuracy(rtn_path, digits)
     assert acc >= acc_rtn - 0.003, (acc_rtn, acc)  # never worse than RTN by more than 1 image
 
@@ -71,9 +68,9 @@ def test_w4a8_adaround_beats_nearest_and_the_artifact_holds_its_integers(cnn, di
 def test_w3a8_adaround_converges_in_onnx_runtime(cnn, digits, tmp_path):
     fp32 = sk.export_onnx(copy.deepcopy(cnn), tmp_path / "fp32.onnx",
                           example_inputs=digits.x_test[:8])
-    sk.quantize(cnn, AdaRoundConfig(weight_bits=3, iterations=300),
-                calibration=digits.x_train[:256], progress=False)
+    sk.quantize(cnn, AdaRoundConfig(weight_bits=3, iterations=150),
+                calibration=digits.x_train[:128], progress=False)
     path = sk.export_onnx(cnn, tmp_path / "w3a8.onnx", example_inputs=digits.x_test[:8])
     base, acc = ort_accuracy(fp32, digits), ort_accuracy(path, digits)
     assert base >= 0.96
-    assert acc >= base - 0.02, (base, acc)  # 3-bit weights, 300 steps per layer
+    assert acc >= base - 0.02, (base, acc)  # 3-bit weights, 150 steps per layer

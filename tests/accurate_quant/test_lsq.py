@@ -11,7 +11,7 @@ import torch
 from onnx import numpy_helper
 
 import slimkit as sk
-from slimkit.examples import steps_per_epoch, train
+from slimkit.examples import train
 from slimkit.techniques.quantization.lsq import (
     LearnedActivationQuantizer,
     LearnedWeightFakeQuant,
@@ -66,9 +66,8 @@ def test_four_bit_learned_ranges_converge_in_onnx_runtime(cnn, digits, tmp_path)
                           example_inputs=digits.x_test[:8])
     sk.quantize(cnn, sk.QATConfig(weight_bits=4, learn_ranges=True),
                 calibration=digits.calibration, progress=False)
-    train(cnn, digits, epochs=3, lr=1e-4, seed=0, scheduler=sk.Scheduler(cnn))
+    train(cnn, digits, epochs=2, lr=1e-4, seed=0, scheduler=sk.Scheduler(cnn))
     path = sk.export_onnx(cnn, tmp_path / "w4a8.onnx", example_inputs=digits.x_test[:8])
     acc, base = ort_accuracy(path, digits), ort_accuracy(fp32, digits)
     assert base >= 0.96
-    assert acc >= base - 0.01, (base, acc)  # 3 epochs of W4A8 LSQ QAT: within 1 point
-    assert steps_per_epoch(digits) == 45
+    assert acc >= base - 0.01, (base, acc)  # 2 epochs of W4A8 LSQ QAT: within 1 point
