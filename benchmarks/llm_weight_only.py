@@ -488,6 +488,8 @@ def main(argv=None) -> None:
         "slimkit_rtn_int4_sym_g128_head_int8", "slimkit_rtn_int4_sym_g128_head_int4",
         "genai_int4_g128", "genai_int4_g32"])
     ap.add_argument("--speed-rounds", type=int, default=3)
+    ap.add_argument("--tools", nargs="*", default=["genai", "llmcompressor", "ort", "nncf"],
+                    help="reference tools to run, in this order")
     ap.add_argument("--settings", nargs="*", default=[k for k, *_ in SETTINGS])
     ap.add_argument("--algorithms", nargs="*", default=list(ALGORITHMS))
     ap.add_argument("--eval-tokens", type=int, default=2048)
@@ -575,10 +577,14 @@ def main(argv=None) -> None:
                 "slimkit RTN int4 sym g128 + int4 g64 tied head/embedding", kwargs, "rtn",
                 calibration, args, head="int4")
     if "reference" in args.only:
-        ort_quantizer_rows(fp32_path, args.work, results, tok, args)
-        nncf_rows(fp32_path, args.work, results, tok, calibration, args)
-        genai_rows(model, tok, args.work, results, args)
-        llmcompressor_row(results)
+        if "genai" in args.tools:
+            genai_rows(model, tok, args.work, results, args)
+        if "llmcompressor" in args.tools:
+            llmcompressor_row(results)
+        if "ort" in args.tools:
+            ort_quantizer_rows(fp32_path, args.work, results, tok, args)
+        if "nncf" in args.tools:
+            nncf_rows(fp32_path, args.work, results, tok, calibration, args)
     if "minilm" in args.only and "minilm_int4_g32" not in args.skip_done:
         try:
             minilm_rows(args.work, results)
