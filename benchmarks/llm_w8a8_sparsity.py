@@ -158,6 +158,7 @@ class Bench:
     # -- helpers ---------------------------------------------------------------------------
     def save(self) -> None:
         self.results["settings"]["load_average_at_end"] = os.getloadavg()
+        self.results["goals"] = goals(self.results)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.out.write_text(json.dumps(self.results, indent=2, default=float))
 
@@ -534,10 +535,19 @@ def main(argv=None):
     p.add_argument("--work", default="/tmp/slimkit-llm-w8a8")
     p.add_argument("--out", default=str(OUT), help="the JSON file (default: %(default)s)")
     p.add_argument("--merge", action="store_true", help="merge into the existing JSON")
+    p.add_argument("--table", action="store_true",
+                   help="only recompute the goals of --out and print its tables")
     args = p.parse_args(argv)
     if args.quick:
         args.calib_n, args.calib_n_other, args.ppl_tokens, args.latency_runs = 4, 4, 1024, 3
     torch.set_num_threads(2)
+    if args.table:
+        results = json.loads(Path(args.out).read_text())
+        results["goals"] = goals(results)
+        Path(args.out).write_text(json.dumps(results, indent=2, default=float))
+        print_table(results)
+        print(json.dumps(results["goals"], indent=2, default=float))
+        return
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
@@ -579,6 +589,45 @@ def main(argv=None):
             bench.row(name, error=f"{type(e).__name__}: {str(e)[:500]}")
         gc.collect()
     print_table(bench.results)
+
+
+def goals(results: dict) -> dict:
+    """The issue's goals, computed from the rows present (None where a row is missing)."""
+    rows = results.get("rows", {})
+
+    def ppl(name):
+        return rows.get(name, {}).get("perplexity")
+
+    out = {}
+    base, mag, sg, wd = ppl("fp32"), ppl("magnitude-50"), ppl("sparsegpt-50"), ppl("wanda-50")
+    if base and mag and sg:
+        share = (sg - base) / (mag - base)
+        out["sparsegpt_50_increase_share_of_magnitude"] = {
+            "value": share, "goal": "<= 0.25", "met": share <= 0.25}
+    if base and mag and sg and wd:
+        out["wanda_50_between_or_better"] = {"value": wd, "goal": f"<= {mag:.3f}",
+                                             "met": wd <= mag}
+    naive, sq = ppl("naive-w8a8"), ppl("smoothquant-0.5")
+    if base and sq:
+        rel = sq / base - 1
+        out["smoothquant_0.5_within_3pct"] = {"value": rel, "goal": "<= 0.03", "met": rel <= 0.03,
+                                              "naive_static_increase": (naive / base - 1)
+                                              if naive else None}
+    fp, dyn = rows.get("fp32", {}).get("prefill_ms"), rows.get("dynamic-int8", {}).get("prefill_ms")
+    sq_ms = rows.get("smoothquant-0.5", {}).get("prefill_ms")
+    if fp and dyn and sq_ms:
+        out["smoothquant_speedup_vs_dynamic"] = {
+            "smoothquant": fp / sq_ms, "dynamic_int8": fp / dyn, "met": fp / sq_ms >= fp / dyn}
+    head = rows.get("sparsegpt-50", {})
+    if head.get("prune_s") is not None:
+        out["sparsegpt_time"] = {"seconds": head["prune_s"], "calibration": head.get("calibration"),
+                                 "goal": "< 300 s on 128 x 512 tokens",
+                                 "met": head["prune_s"] < 300 and head.get("calibration") ==
+                                 "128 x 512 tokens"}
+        out["sparsegpt_memory"] = {"model_multiple": head.get("memory_as_model_multiple"),
+                                   "goal": "<= 2.0",
+                                   "met": (head.get("memory_as_model_multiple") or 99) <= 2.0}
+    return out
 
 
 def print_table(results: dict) -> None:
