@@ -351,7 +351,8 @@ def post_export(proto, ctx):
         plain = inits.get(key)
         trans = inits.get((baked.shape[::-1], _digest(baked.T)))
         if plain is None and trans is None:
-            skipped[name] = "its weight is not an initializer of the exported graph"
+            skipped[name] = ("its weight is not in the exported graph: a layer the forward "
+                             "does not use, or one the exporter folded")
             continue
         made, reason = nbits_tensors(info, _safe(name))
         if made is None:
