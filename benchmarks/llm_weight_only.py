@@ -98,7 +98,12 @@ ALGORITHMS = ("rtn", "hqq", "gptq", "awq")
 
 def measure(path: Path, tokenizer, text: str, eval_tokens: int, decode_runs: int) -> dict:
     """Perplexity, prefill latency, decode speed and size of one decoder file (2 threads)."""
-    dec = OrtDecoder(cpu_session(path, THREADS))
+    dims = {}
+    config = path.parent / "genai_config.json"
+    if config.exists():  # other exporters may leave the cache's head_dim symbolic
+        d = json.loads(config.read_text())["model"]["decoder"]
+        dims = {"kv_heads": d["num_key_value_heads"], "head_dim": d["head_size"]}
+    dec = OrtDecoder(cpu_session(path, THREADS), **dims)
     times: list[float] = []
 
     def timed(ids):
@@ -282,8 +287,10 @@ def nncf_rows(fp32_path: Path, work: Path, results: dict, tok, calibration, args
             continue
         try:
             start = time.perf_counter()
+            # 576-wide layers: NNCF refuses g128 unless told to fall back; ADJUST picks a
+            # group size that divides them (slimkit pads a shorter last group instead)
             kwargs = dict(mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128, ratio=1.0,
-                          **extra)
+                          group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST, **extra)
             if extra:
                 kwargs["dataset"] = nncf.Dataset(list(feeds()))
             compressed = nncf.compress_weights(onnx.load(str(fp32_path)), **kwargs)
@@ -292,6 +299,7 @@ def nncf_rows(fp32_path: Path, work: Path, results: dict, tok, calibration, args
             out.mkdir(parents=True, exist_ok=True)
             onnx.save(compressed, str(out / "model.onnx"))
             row = {"label": label, "tool": f"nncf {nncf.__version__}", "quantize_s": quant_s,
+                   "group_size_fallback_mode": "ADJUST",
                    "calibration_sequences": len(calibration) if extra else 0,
                    "ops": nbits_summary(out / "model.onnx")}
             row.update(measure(out / "model.onnx", tok, args.heldout, args.eval_tokens,

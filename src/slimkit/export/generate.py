@@ -33,7 +33,8 @@ class OrtDecoder:
         >>> logits, past = dec.step(ids, dec.empty_past(1))
     """
 
-    def __init__(self, session, threads: int = 2):
+    def __init__(self, session, threads: int = 2, kv_heads: int | None = None,
+                 head_dim: int | None = None):
         if isinstance(session, (str, os.PathLike)):
             from slimkit.metrics.latency import cpu_session
 
@@ -52,9 +53,13 @@ class OrtDecoder:
         self.layers = len(layers)
         meta = {i.name: i for i in session.get_inputs()}
         shape = meta["past_key_values.0.key"].shape
-        if not (isinstance(shape[1], int) and isinstance(shape[3], int)):
-            raise ValueError(f"past_key_values.0.key needs static heads and head_dim, got {shape}")
-        self.kv_heads, self.head_dim = shape[1], shape[3]
+        # other exporters (onnxruntime-genai's builder) leave head_dim symbolic: take it from
+        # the caller (their genai_config.json says it)
+        self.kv_heads = shape[1] if isinstance(shape[1], int) else kv_heads
+        self.head_dim = shape[3] if isinstance(shape[3], int) else head_dim
+        if self.kv_heads is None or self.head_dim is None:
+            raise ValueError(f"past_key_values.0.key has symbolic heads or head_dim {shape}: "
+                             "pass kv_heads= and head_dim=")
         self.dtype = np.float16 if "float16" in meta["past_key_values.0.key"].type else np.float32
         self.past_names = [f"past_key_values.{i}.{t}" for i in range(self.layers)
                            for t in ("key", "value")]
