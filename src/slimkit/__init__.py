@@ -24,6 +24,7 @@ from slimkit.core import (
 )
 from slimkit.core.registry import register
 from slimkit.core.verbs import calibrate, cluster, prune, quantize
+from slimkit.distill import Distillation, DistillationConfig
 from slimkit.export import ExportValidationError, export_onnx, export_packed, load_packed
 from slimkit.metrics import DeploymentReport, report
 
@@ -42,14 +43,20 @@ from slimkit.techniques.pruning import (
     PruningSchedule,
     check_sparsity,
 )
-from slimkit.techniques.quantization import QATConfig, QuantizationConfig
+from slimkit.techniques.pruning.oneshot import SparseGPTConfig, WandaConfig
+from slimkit.techniques.quantization import AdaRoundConfig, QATConfig, QuantizationConfig
+from slimkit.techniques.quantization.smoothquant_config import SmoothQuantConfig
+from slimkit.techniques.weight_only import WeightOnlyConfig
 
 __all__ = [
+    "AdaRoundConfig",
     "ChannelPruningConfig",
     "ClusteringConfig",
     "Config",
     "ConstantSparsity",
     "DeploymentReport",
+    "Distillation",
+    "DistillationConfig",
     "ExportValidationError",
     "MagnitudePruningConfig",
     "PolynomialDecay",
@@ -57,8 +64,11 @@ __all__ = [
     "QATConfig",
     "QuantizationConfig",
     "Scheduler",
+    "SmoothQuantConfig",
+    "SparseGPTConfig",
     "Technique",
-    "__version__",
+    "WandaConfig",
+    "WeightOnlyConfig",
     "apply",
     "calibrate",
     "check_sparsity",
@@ -80,4 +90,5 @@ __all__ = [
     "save",
     "strip",
     "techniques",
+    "__version__",
 ]
