@@ -336,7 +336,7 @@ def print_tables(rows, distill_stats, seeds, mobile_train) -> None:
     console.print(table)
     console.print(f"MobileNetV2-style training: {mobile_train['epochs']} epochs, "
                   f"{mobile_train['seconds']:.0f} s")
-    t2 = Table(title=f"Distillation on digits (seeds {seeds}; mean [min-max]), ORT accuracy")
+    t2 = Table(title=f"Distillation on digits (seeds {seeds}; mean \\[min-max]), ORT accuracy")
     for col in ("variant", "accuracy", "drop (points)", "time x same fine-tune without"):
         t2.add_column(col, justify="left" if col == "variant" else "right")
     for v, over in (("prune-80", "prune"), ("pcqat", "pcqat")):
