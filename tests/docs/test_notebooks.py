@@ -54,7 +54,9 @@ def venv_kernel(tmp_path_factory):
 
 def test_there_are_notebooks():
     names = {p.parent.name for p in NOTEBOOKS}
-    expected = {"magnitude-pruning", "channel-pruning", "weight-clustering", "quantization", "qat"}
+    expected = {"magnitude-pruning", "channel-pruning", "weight-clustering", "quantization", "qat",
+                "weight-only", "smoothquant", "sparsegpt", "wanda", "accurate-quantization",
+                "distillation"}
     assert expected <= names, f"missing notebooks: {sorted(expected - names)}"
 
 
