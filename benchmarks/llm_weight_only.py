@@ -464,8 +464,8 @@ def print_table(results: dict) -> None:
                 "decode tok/s", "x fp32 decode"):
         table.add_column(col, justify="left" if col == "row" else "right")
     for key, r in rows.items():
-        if key.startswith("minilm"):
-            continue
+        if key.startswith("minilm") or ("perplexity" not in r and "error" not in r):
+            continue  # not a perplexity row (MiniLM, remeasured fp32 speeds, the paired run)
         if "error" in r:
             table.add_row(r["label"], "—", "—", "—", "—", "—", "—", r["error"][:60])
             continue
