@@ -350,10 +350,17 @@ def generic(name: str, data: dict) -> str:
         if rows:
             return ("Summary over seeds, mean [min–max]:\n\n" + table(["figure", "value"], rows)
                     + "\n" + source_line(name, data))
-    if isinstance(data.get("rows"), list) and data["rows"]:
-        keys = [k for k, v in data["rows"][0].items() if isinstance(v, (str, int, float))]
-        rows = [[_cell(r.get(k)) for k in keys] for r in data["rows"]]
-        return table(keys, rows) + "\n" + source_line(name, data)
+    rows = data.get("rows")
+    if isinstance(rows, dict):  # {row name: {figure: value}}: the name is the first column
+        rows = [{"row": key, **value} for key, value in rows.items() if isinstance(value, dict)]
+    if isinstance(rows, list) and rows:
+        keys = []
+        for r in rows:  # every scalar figure any row has, in first-seen order
+            keys += [k for k, v in r.items()
+                     if isinstance(v, (str, int, float)) and not isinstance(v, bool)
+                     and k not in keys]
+        cells = [[_cell(r.get(k)) for k in keys] for r in rows]
+        return table(keys, cells) + "\n" + source_line(name, data)
     raise ValueError(
         f"benchmarks/results/{name}.json has neither a 'summary' of mean/min/max figures nor "
         "a list of 'rows': add a renderer for it to RENDERERS in benchmarks/render_tables.py")
