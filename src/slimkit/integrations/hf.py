@@ -51,8 +51,8 @@ class SlimkitTrainerCallback(TrainerCallback):
         >>> trainer = Trainer(model, args, train_dataset=ds, callbacks=[SlimkitTrainerCallback()])
     """
 
-    def __init__(self, model_attr: str | None = None, per_layer: bool = False, teacher=None,
-                 distill=None):
+    def __init__(self, model_attr: str | None = None, per_layer: bool = False, teacher: nn.Module | None = None,
+                 distill: object | None = None):
         if model_attr is not None and not (isinstance(model_attr, str) and model_attr):
             raise ValueError(
                 f"model_attr must be None or an attribute name, got {model_attr!r} "

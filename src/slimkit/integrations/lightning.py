@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+import torch.nn as nn
+
 try:
     import lightning.pytorch as pl
 except ImportError as e:  # pragma: no cover - exercised only without the extra
@@ -57,7 +59,7 @@ class SlimkitCallback(pl.Callback):
     """
 
     def __init__(self, model_attr: str | None = None, log_every_n_steps: int | None = None,
-                 per_layer: bool = False, teacher=None, distill=None):
+                 per_layer: bool = False, teacher: nn.Module | None = None, distill: object | None = None):
         if model_attr is not None and not (isinstance(model_attr, str) and model_attr):
             raise ValueError(
                 f"model_attr must be None or an attribute name, got {model_attr!r} "
