@@ -39,7 +39,7 @@ from slimkit.core.sequential import (
 )
 from slimkit.core.stages import register_stage, stage_order, stages
 from slimkit.core.state import Max, Min, Ratio, SlimState, Stat, StateSite, Sum, slim_states
-from slimkit.core.technique import Layers, Technique
+from slimkit.core.technique import Technique
 from slimkit.export.pipeline import ExportContext, deployable, finish, techniques_of
 from slimkit.storage.intcodes import IntCodes, expand_scale, int_initializer
 
@@ -49,7 +49,6 @@ __all__ = [
     "ExportContext",
     "IntCodes",
     "LinearInputStats",
-    "Layers",
     "Max",
     "Min",
     "Ratio",

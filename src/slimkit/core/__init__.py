@@ -8,7 +8,7 @@ from slimkit.core.registry import apply, get_technique, register, register_techn
 from slimkit.core.scheduler import Scheduler
 from slimkit.core.selection import register_weights, select_weights
 from slimkit.core.serialization import load, save
-from slimkit.core.stages import register_stage, stages
+from slimkit.core.stages import register_stage
 from slimkit.core.state import SlimState
 from slimkit.core.technique import Technique
 from slimkit.core.verbs import calibrate, cluster, prune, quantize
@@ -34,7 +34,6 @@ __all__ = [
     "register_weights",
     "save",
     "select_weights",
-    "stages",
     "strip",
     "techniques",
 ]
