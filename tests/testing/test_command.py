@@ -26,11 +26,15 @@ def test_builtin_config_checks_print_a_pass_table_and_exit_0(tmp_path):
                                        "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "slimkit conformance" in result.output
+    from slimkit.testing.builtin import BUILTIN_ENTRIES
+
     for name in ("magnitude-pruning", "channel-pruning", "weight-clustering", "quantization",
-                 "quantization-dynamic", "qat"):
+                 "quantization-dynamic", "qat", "sparsegpt", "wanda", "smoothquant"):
         assert name in result.output
     rows = json.loads(out.read_text())
-    assert len(rows) == 12 and {r["status"] for r in rows} == {"pass"}
+    # Two checks per built-in entry (9 entries: every registered technique's rows).
+    assert len(BUILTIN_ENTRIES) == 9
+    assert len(rows) == 2 * len(BUILTIN_ENTRIES) and {r["status"] for r in rows} == {"pass"}
 
 
 def test_a_failing_entry_from_a_file_exits_1(tmp_path):
