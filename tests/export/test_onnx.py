@@ -51,7 +51,7 @@ def test_disagreeing_runtime_output_refuses_to_write(tmp_path, monkeypatch):
 
 def test_interrupted_export_leaves_no_file(tmp_path, monkeypatch):
     # The proto is rewritten in memory and written once: interrupt that write half-way.
-    def interrupted(proto, tmp):
+    def interrupted(proto, tmp):  # noqa: ARG001
         tmp.write_bytes(b"partial")
         raise KeyboardInterrupt
 

@@ -13,6 +13,13 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it, so put it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
@@ -29,6 +36,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates the file 0600; a plain open() would give 0666 less the umask, which
+        # is what a serving container or another user needs to read the artifact.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

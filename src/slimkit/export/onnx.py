@@ -155,9 +155,17 @@ def export_onnx(
     proto = finish(proto, ctx)
     with atomic_path(path, suffix=".onnx") as tmp:
         # The proto was rewritten in memory: one write, then validation of exactly that file.
-        save_proto(proto, tmp)
-        if validate:
-            validate_onnx(tmp, tensors, reference, atol=ctx.atol, rtol=ctx.rtol, names=out_names)
+        data = save_proto(proto, tmp)
+        try:
+            if validate:
+                validate_onnx(tmp, tensors, reference, atol=ctx.atol, rtol=ctx.rtol,
+                              names=out_names)
+            if data is not None:
+                _publish_external_data(tmp, data, path)
+        except BaseException:
+            if data is not None:
+                data.unlink(missing_ok=True)
+            raise
     return path
 
 
@@ -203,16 +211,62 @@ def _export(model, inputs, dynamo, dynamic_batch, opset, in_names, out_names):
         ) from e
 
 
-def save_proto(proto, path) -> None:
-    """Write ``proto`` to ``path``; a model over protobuf's 2 GB limit keeps its weights in
-    ``<file name>.data`` beside it."""
+# protobuf refuses a message over 2 GiB; keep a margin for the graph itself.
+PROTO_LIMIT = 2**31 - 2**26
+
+
+def save_proto(proto, path) -> Path | None:
+    """Write ``proto`` to ``path``; returns the external-data file, or None when there is none.
+
+    A model over protobuf's 2 GiB limit keeps its weights in ``<file name>.data`` beside it
+    (``path`` here is the atomic writer's temporary name: :func:`export_onnx` renames the data
+    file after the model once the file is validated).
+    """
     import onnx
 
-    if proto.ByteSize() < 2**31 - 2**26:
+    if proto.ByteSize() < PROTO_LIMIT:
         onnx.save(proto, str(path))
-        return
+        return None
+    data = Path(path).with_name(f"{Path(path).name}.data")
     onnx.save(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-              location=f"{Path(path).name}.data")
+              location=data.name)
+    # Tensors under onnx's size threshold stay inline: a graph may need no data file at all.
+    return data if data.exists() else None
+
+
+def _publish_external_data(tmp: Path, data: Path, final: Path) -> None:
+    """Point ``tmp``'s tensors at ``<final name>.data`` and move ``data`` there.
+
+    Only the small graph file is rewritten; the weights move by rename, so a re-export
+    replaces ``model.onnx.data`` instead of leaving an orphan beside it.
+    """
+    import onnx
+
+    target = final.with_name(f"{final.name}.data")
+    graph = onnx.load(str(tmp), load_external_data=False)
+    for tensor in _external_tensors(graph):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = target.name
+    onnx.save(graph, str(tmp))
+    os.replace(data, target)
+
+
+def _external_tensors(proto):
+    """Every tensor of ``proto`` stored as external data (initializers, constants, subgraphs)."""
+    import onnx
+
+    found, graphs = [], [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        found.extend(graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                found.extend([attr.t] if attr.HasField("t") else [])
+                found.extend(attr.tensors)
+                graphs.extend([attr.g] if attr.HasField("g") else [])
+                graphs.extend(attr.graphs)
+    return [t for t in found if t.data_location == onnx.TensorProto.EXTERNAL]
 
 
 def ort_session(path: str | os.PathLike, threads: int = 2, optimized_path: str | None = None):
