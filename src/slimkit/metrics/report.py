@@ -435,13 +435,29 @@ def _check_onnx_path(target) -> Path:
 
 
 def _load_with_external_data(path: Path) -> tuple[onnx.ModelProto, list[Path]]:
-    """The model with its weights, and every file the artifact consists of."""
-    model = onnx.load(path, load_external_data=False)
+    """The model with its weights, and every file the artifact consists of.
+
+    Raises ValueError for a file that is not a readable ONNX model (empty, truncated,
+    another format, or missing its external data), not protobuf's or ONNX Runtime's traceback.
+    """
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:   # protobuf's DecodeError and friends: no common public base
+        raise ValueError(f"{str(path)!r} is not a readable ONNX file: {e}") from e
+    if not model.graph.node or not model.graph.output:
+        # protobuf decodes an empty file (and some random bytes) as an empty model
+        raise ValueError(f"{str(path)!r} is not a readable ONNX file: it has no graph")
     locations = sorted({
         entry.value
         for _, tensor in _onnx_tensors(model.graph) if uses_external_data(tensor)
         for entry in tensor.external_data if entry.key == "location"
     })
+    missing = [loc for loc in locations if not (path.parent / loc).is_file()]
+    if missing:
+        raise ValueError(
+            f"{str(path)!r} keeps its weights in {', '.join(missing)}, which is not beside it: "
+            f"copy the .onnx file together with its data file"
+        )
     if locations:
         load_external_data_for_model(model, str(path.parent))
     return model, [path, *(path.parent / location for location in locations)]
