@@ -173,7 +173,13 @@ def new_technique(name, directory) -> None:
         console.print(f"wrote {path}")
     package = name.replace("-", "_")
     console.print(f"next: PYTHONPATH={directory} python -m pytest "
-                  f"{directory}/tests/test_{package}_conformance.py")
+                  f"{directory}/tests/test_{package}_conformance.py", highlight=False)
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        # The base install has no pytest; the "test" extra brings it.
+        console.print("(that needs pytest, which is not installed: "
+                      "pip install 'slimkit[test]' adds it)", highlight=False, markup=False)
 
 
 @main.command()

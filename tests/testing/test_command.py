@@ -54,3 +54,43 @@ def test_bad_entries_and_checks_exit_2(tmp_path):
     assert result.exit_code == 2 and "no list of ConformanceEntry" in result.output
     result = CliRunner().invoke(main, ["conformance", "--check", "speed"])
     assert result.exit_code == 2 and "unknown check(s) ['speed']" in result.output
+
+
+def test_conformance_runs_from_any_directory(tmp_path, monkeypatch):
+    # The built-in entries' docs pages are found through slimkit's checkout, not the cwd.
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["conformance", "--check", "docs"])
+    assert result.exit_code == 0, result.output
+    assert "FAIL" not in result.output
+
+
+def test_pass_table_fits_80_columns():
+    from rich.console import Console
+
+    from slimkit.testing.builtin import BUILTIN_ENTRIES
+    from slimkit.testing.checks import CHECKS, MODEL_CHECKS
+    from slimkit.testing.suite import Result, pass_table
+
+    results = [Result(e.name, c, m, "xfail" if m == "lstm" else "pass", "", 0.0)
+               for e in BUILTIN_ENTRIES for c in CHECKS
+               for m in (e.models if c in MODEL_CHECKS else (None,))]
+    console = Console(record=True, width=80)
+    console.print(pass_table(results, width=80))
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    # every check's column header and every entry is on screen, not cut to "…"
+    text = "\n".join(lines)
+    assert "…" not in text
+    assert all(c in text for c in CHECKS) and all(e.name in text for e in BUILTIN_ENTRIES)
+    assert "magnitude-pruning: xfail on lstm (every model check)" in text
+
+
+def test_new_technique_names_the_extra_that_brings_pytest(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "pytest" else real(name, *a))
+    result = CliRunner().invoke(main, ["new-technique", "my-noise", "--dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "pip install 'slimkit[test]'" in result.output

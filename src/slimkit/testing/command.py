@@ -68,7 +68,7 @@ def run_command(source: str | None, checks: list[str] | None, json_path: str | N
                       f"({r.seconds:.1f} s): {escape(r.note)}", highlight=False, soft_wrap=True)
 
     results = run_conformance(entries, checks, progress=progress)
-    console.print(pass_table(results))
+    console.print(pass_table(results, width=console.width))
     if json_path:
         with atomic_path(json_path) as tmp:
             tmp.write_text(json.dumps([dataclasses.asdict(r) for r in results], indent=2))

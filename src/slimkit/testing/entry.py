@@ -69,7 +69,8 @@ class ConformanceEntry:
             baseline before the artifact is measured; 0 for post-training techniques.
         lr: the fine-tuning learning rate.
         docs: the technique's docs folder; ``{technique}`` is replaced by the name. Relative
-            paths are resolved against the working directory pytest runs in.
+            paths are resolved against the working directory (for slimkit's own techniques,
+            against its source checkout when the working directory lacks them).
         docs_pages: the files that folder must hold.
         export_atol: how far the ``torch.export`` program may be from the eager deployable
             model (plus 1e-4 relative). Quantized arithmetic turns a last-bit float
@@ -160,4 +161,29 @@ class ConformanceEntry:
 
     @property
     def docs_dir(self) -> Path:
-        return Path(str(self.docs).replace("{technique}", self.technique))
+        """The docs folder: a relative ``docs`` against the working directory, or, for a
+        built-in technique, against slimkit's source checkout (so ``slimkit conformance``
+        works from any directory)."""
+        path = Path(str(self.docs).replace("{technique}", self.technique))
+        if path.is_absolute() or path.exists() or not self.builtin:
+            return path
+        checkout = source_checkout()
+        return checkout / path if checkout is not None else path
+
+    @property
+    def builtin(self) -> bool:
+        """The technique is one of slimkit's own (its docs live in slimkit's repository)."""
+        from slimkit.core.registry import get_technique
+
+        try:
+            return get_technique(self.technique).source == "slimkit"
+        except (KeyError, ValueError):
+            return False
+
+
+def source_checkout() -> Path | None:
+    """The repository slimkit runs from (an editable install), or None for an installed wheel."""
+    import slimkit
+
+    root = Path(slimkit.__file__).resolve().parents[2]
+    return root if (root / "pyproject.toml").is_file() and (root / "docs").is_dir() else None

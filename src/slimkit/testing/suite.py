@@ -90,27 +90,61 @@ def run_conformance(entries, checks=None, progress=None) -> list[Result]:
     return results
 
 
-def pass_table(results: list[Result]):
-    """A rich table: one row per entry, one column per check; per-model checks show
-    ``passed/run`` and name the failing models."""
+def pass_table(results: list[Result], width: int | None = None):
+    """The pass table as a rich renderable: one row per entry, one column per check.
+
+    Per-model checks show ``passed/run``; the models that did not pass are listed under the
+    table (cells stay short). With ``width`` (a terminal's columns) the checks are split over
+    as many tables as it takes for each to fit, so the table reads at 80 columns.
+    """
+    from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     checks = list(dict.fromkeys(r.check for r in results))
     rows: dict[str, dict[str, list[Result]]] = {}
     for r in results:
         rows.setdefault(r.entry, {}).setdefault(r.check, []).append(r)
-    table = Table(title="slimkit conformance", title_justify="left")
-    table.add_column("technique", no_wrap=True)
+    name_width = max([len("technique"), *(len(e) for e in rows)])
+    parts, chunk, used = [], [], name_width + 4
     for c in checks:
-        table.add_column(c, no_wrap=True)
-    for entry, by_check in rows.items():
-        cells = []
-        for c in checks:
-            rs = by_check.get(c, [])
-            cells.append(_cell(rs))
-        table.add_row(escape(entry), *cells)
-    return table
+        cell = max(len(c), 5) + 3          # "11/12" at most, plus padding and a border
+        if chunk and width is not None and used + cell > width:
+            parts.append(chunk)
+            chunk, used = [], name_width + 4
+        chunk.append(c)
+        used += cell
+    parts.append(chunk)
+
+    tables = []
+    for i, part in enumerate(parts):
+        title = "slimkit conformance" + (f" ({i + 1}/{len(parts)})" if len(parts) > 1 else "")
+        table = Table(title=title, title_justify="left")
+        table.add_column("technique", no_wrap=True)
+        for c in part:
+            table.add_column(c, no_wrap=True)
+        for entry, by_check in rows.items():
+            table.add_row(escape(entry), *(_cell(by_check.get(c, [])) for c in part))
+        tables.append(table)
+    # One line per (entry, outcome, model), naming its checks: short enough for 80 columns.
+    grouped: dict[tuple, list[str]] = {}
+    for r in results:
+        if r.model is not None and r.status not in ("pass", "skip"):
+            grouped.setdefault((r.entry, r.status, r.model), []).append(r.check)
+    model_checks = {e: {c for c, rs in by.items() if rs[0].model is not None}
+                    for e, by in rows.items()}
+    notes = [f"{escape(e)}: {_styled(st)} on {m} "
+             f"({'every model check' if set(cs) == model_checks[e] else ', '.join(cs)})"
+             for (e, st, m), cs in grouped.items()]
+    if notes:
+        tables.append(Text.from_markup("not passed on a model:\n  " + "\n  ".join(notes)))
+    return Group(*tables)
+
+
+def _styled(status: str) -> str:
+    return {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]",
+            "xfail": "[yellow]xfail[/yellow]", "xpass": "[red]XPASS[/red]"}[status]
 
 
 def _cell(rs: list[Result]) -> str:
@@ -120,13 +154,11 @@ def _cell(rs: list[Result]) -> str:
     if not ran:
         return "[dim]skip[/dim]"
     if rs[0].model is None:
-        return {"pass": "[green]pass[/green]", "fail": "[red]FAIL[/red]",
-                "xfail": "[yellow]xfail[/yellow]", "xpass": "[red]XPASS[/red]"}[ran[0].status]
+        return _styled(ran[0].status)
     passed = sum(r.status == "pass" for r in ran)
     text = f"{passed}/{len(ran)}"
-    notes = [f"{r.status} {r.model}" for r in ran if r.status != "pass"]
-    if not notes:
+    if passed == len(ran):
         return f"[green]{text}[/green]"
     bad = any(r.status in ("fail", "xpass") for r in ran)
     color = "red" if bad else "yellow"
-    return f"[{color}]{text} ({', '.join(notes)})[/{color}]"
+    return f"[{color}]{text}[/{color}]"
