@@ -45,12 +45,15 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
 def as_tuple(example_inputs) -> tuple:
     """A tensor, array, or tuple/list of them, as a tuple."""
+    if isinstance(example_inputs, dict):
+        raise TypeError("example_inputs is a dict: bind it by name (bind_inputs does)")
     if isinstance(example_inputs, (torch.Tensor, np.ndarray)):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs)
     raise TypeError(
-        "example_inputs must be a torch.Tensor, a numpy array, or a tuple of them, "
+        "example_inputs must be a torch.Tensor, a numpy array, a tuple of them, or a dict of "
+        "keyword arguments, "
         f"got {type(example_inputs).__name__}"
     )
 
@@ -62,9 +65,11 @@ def bind_inputs(
 
     With `batch_size`, each input with a dynamic first dim is repeated (or cut) along dim 0 to
     `batch_size` rows. Raises ValueError naming the input and its expected shape when the count,
-    the rank or a fixed dim does not match.
+    the rank or a fixed dim does not match. A dict (the keyword arguments of
+    ``model(**inputs)``) binds by name: ``sk.export_onnx`` names graph inputs after its keys.
     """
-    values = as_tuple(example_inputs)
+    values = _by_name(specs, example_inputs) if isinstance(example_inputs, dict) \
+        else as_tuple(example_inputs)
     if batch_size is not None:
         _check_batchable(specs, batch_size)
     if len(values) != len(specs):
@@ -91,6 +96,21 @@ def bind_inputs(
             array = array[np.arange(batch_size) % array.shape[0]]
         feeds[spec.name] = np.ascontiguousarray(array)
     return feeds
+
+
+def _by_name(specs: Sequence[InputSpec], inputs: dict) -> tuple:
+    """The dict's values in the graph's input order; None values (unused options) are dropped."""
+    given = {k: v for k, v in inputs.items() if v is not None}
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in given]
+    unknown = [k for k in given if k not in names]
+    if missing or unknown:
+        raise ValueError(
+            f"example_inputs dict has keys {sorted(given)}; the ONNX model's inputs are "
+            f"{names}" + (f" (missing: {missing})" if missing else "")
+            + (f" (not inputs of the model: {unknown})" if unknown else "")
+        )
+    return tuple(given[n] for n in names)
 
 
 def random_inputs(specs: Sequence[InputSpec], batch_size: int | None = None,

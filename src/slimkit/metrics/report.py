@@ -322,8 +322,8 @@ def report(
     exported with `slimkit.export.export_onnx` to a temporary file and that file is measured;
     a module without them gets weight and size statistics of its stripped state_dict only.
 
-    `example_inputs` (a tensor, array or tuple of them) feed latency and memory; with
-    `batch_size` they are repeated along dim 0 to that many rows. Without them, inputs are
+    `example_inputs` (a tensor, array, tuple of them, or a dict of keyword arguments) feed
+    latency and memory; with `batch_size` they are repeated along dim 0 to that many rows. Without them, inputs are
     random, with dynamic dims set to `batch_size` (first dim) or 1.
     `eval_fn(predict)` returns a float or a dict of floats; `predict(*tensors)` runs the
     artifact in ONNX Runtime (torch tensors in and out, any batch size), or for a module
@@ -464,8 +464,11 @@ def _load_with_external_data(path: Path) -> tuple[onnx.ModelProto, list[Path]]:
 
 
 def _onnx_predict(session, specs: list[InputSpec]) -> Callable:
-    def predict(*tensors):
-        outputs = session.run(None, bind_inputs(specs, tensors))
+    # predict(x) / predict(x, y) by position, or predict(**batch) by graph input name.
+    def predict(*tensors, **named):
+        if named and tensors:
+            raise TypeError("predict takes positional or keyword inputs, not both")
+        outputs = session.run(None, bind_inputs(specs, named if named else tensors))
         outputs = tuple(torch.from_numpy(np.asarray(output)) for output in outputs)
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -473,10 +476,11 @@ def _onnx_predict(session, specs: list[InputSpec]) -> Callable:
 
 
 def _torch_predict(model: nn.Module) -> Callable:
-    def predict(*tensors):
+    def predict(*tensors, **named):
         tensors = tuple(torch.as_tensor(t) for t in tensors)
+        named = {k: torch.as_tensor(v) if v is not None else None for k, v in named.items()}
         with torch.no_grad():
-            return model(*tensors)
+            return model(*tensors, **named)
 
     return predict
 

@@ -13,21 +13,25 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import traceback
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
+from slimkit.core.batch import call_model, check_inputs
 from slimkit.core.config import Config
 from slimkit.core.parametrize import slim_parametrizations
 from slimkit.core.records import records
 from slimkit.core.registry import get_technique, prepare_layers
 from slimkit.core.selection import matches, module_type
 from slimkit.core.technique import Technique
+from slimkit.techniques.channel_pruning import verify
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 
@@ -56,6 +60,11 @@ class ChannelPruningConfig(Config):
         round_to: keep channel counts multiples of this (e.g. 8 for SIMD-friendly widths).
             Models with ``nn.MultiheadAttention`` also round to a multiple of the head count.
         max_layer_ratio: with ``scope="global"``, the most any one group may lose.
+        verify: check on a copy that the pruned model computes what the original computes
+            with the removed channels zeroed, and refuse (naming the first differing layer)
+            when it does not: Torch-Pruning can mis-map channels through a ``permute`` +
+            ``reshape``. Turn off only for a model that applies an op with ``f(0) != 0``
+            (a sigmoid) directly to pruned channels, which the check cannot stand in for.
     """
 
     ratio: float = 0.5
@@ -67,6 +76,7 @@ class ChannelPruningConfig(Config):
     rounds: int = 1
     round_to: int | None = None
     max_layer_ratio: float = 0.9
+    verify: bool = True
 
     def __post_init__(self):
         self._require(_fraction_ok(self.ratio), "ratio", "a share of channels in [0, 1)")
@@ -96,6 +106,7 @@ class ChannelPruningConfig(Config):
                       "round_to", "None or an integer >= 1")
         self._require(isinstance(self.max_layer_ratio, (int, float))
                       and 0.0 < self.max_layer_ratio < 1.0, "max_layer_ratio", "in (0, 1)")
+        self._require(isinstance(self.verify, bool), "verify", "True or False")
 
 
 @dataclass
@@ -164,21 +175,27 @@ def prune_channels(
                              "(prune_channels.batches)")
 
     was_training = model.training
-    _dry_run(model, config, inputs)  # every error is raised here, on a copy
+    with _bounded_trace(model):
+        _dry_run(model, config, inputs)  # every error is raised here, on a copy
 
     before = _snapshot(model)
-    pruner = _pruner(model, config, inputs, _importance(config.importance), config.rounds)
+    ties = verify.tie_groups(model)
+    with _bounded_trace(model):
+        pruner = _pruner(model, config, inputs, _importance(config.importance), config.rounds)
     for r in range(config.rounds):
         if config.importance == "taylor":
             _accumulate_gradients(model, loss_fn, batches)
-        pruner.step()
+        with _bounded_trace(model):
+            pruner.step()
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         if finetune is not None:
             finetune(model, r)
             model.train(was_training)
     model.train(was_training)
+    verify.retie(model, ties)   # Torch-Pruning gives each site its own pruned Parameter
     arch = _diff(before, _snapshot(model))
+    _warn_unpruned(model, arch, config)
     arch.config = config
     prepare_layers(model, get_technique("pruned-architecture"), arch, [])
     return model
@@ -202,21 +219,21 @@ def count_macs(model: nn.Module, example_inputs) -> tuple[int, int]:
 # -- helpers ------------------------------------------------------------------------------------
 
 def _inputs(example_inputs):
+    """The inputs to trace with: a tensor, a tuple of tensors, or a dict of keyword arguments
+    (``model(**inputs)``, what Hugging Face models take)."""
     if example_inputs is None:
-        raise ValueError("example_inputs is required to trace the model: a tensor or a tuple of "
-                         "tensors it takes (prune_channels.example_inputs)")
-    if isinstance(example_inputs, torch.Tensor):
-        return example_inputs
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
-        isinstance(x, torch.Tensor) for x in example_inputs
-    ):
-        return tuple(example_inputs)
-    raise ValueError(f"example_inputs must be a tensor or a tuple of tensors, got "
-                     f"{type(example_inputs).__name__} (prune_channels.example_inputs)")
+        raise ValueError("example_inputs is required to trace the model: a tensor, a tuple of "
+                         "tensors or a dict of keyword arguments it takes "
+                         "(prune_channels.example_inputs)")
+    try:
+        inputs = check_inputs(example_inputs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{e} (prune_channels.example_inputs)") from e
+    return tuple(inputs) if isinstance(inputs, list) else inputs
 
 
 def _call(model, inputs):
-    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+    return call_model(model, inputs)
 
 
 def _importance(name: str):
@@ -311,6 +328,89 @@ def _pruner(model, config: ChannelPruningConfig, inputs, importance, steps: int)
         ) from e
 
 
+class _TraceDiverged(BaseException):
+    """Torch-Pruning's index mapping produced channel indices no layer of the model has.
+
+    A BaseException so that the ``except Exception`` handlers between the mapping and
+    :func:`_bounded_trace` (Torch-Pruning's and ours) let it through unchanged.
+    """
+
+
+@contextlib.contextmanager
+def _bounded_trace(model: nn.Module):
+    """Stop Torch-Pruning when its channel-index mapping runs away.
+
+    Torch-Pruning 1.6 maps a pruned channel through ``flatten`` by a stride inferred from the
+    next layer's width; when the flattened features are concatenated with features of another
+    width (``torch.cat([pool(x).flatten(1), x.mean((2, 3))], 1)``) that stride is wrong and
+    each pass through the flatten multiplies the indices, until the process runs out of memory
+    (17 GB). A real index never exceeds a dimension of some weight, so anything far above the
+    largest one means the trace diverged: stop in milliseconds with a clear error instead.
+    """
+    from torch_pruning.dependency import index_mapping as im
+
+    dims = [d for p in model.parameters() if p.dim() > 0
+            for d in (p.shape[0], p.numel() // max(p.shape[0], 1))]
+    limit = 8 * max(dims, default=1) + 1024
+    originals = {cls: cls.__call__ for cls in (im._FlattenIndexMapping, im._ConcatIndexMapping)}
+
+    def bounded(call):
+        def wrapper(self, idxs):
+            out = call(self, idxs)
+            if len(out) > limit or any(i.idx > limit for i in out):
+                raise _TraceDiverged
+            return out
+        return wrapper
+
+    for cls, call in originals.items():
+        cls.__call__ = bounded(call)
+    try:
+        yield
+    except _TraceDiverged:
+        raise ValueError(
+            f"Torch-Pruning cannot trace {type(model).__name__}: its channel mapping diverges "
+            "where flattened features are concatenated with features of another width (e.g. "
+            "torch.cat([pool(x).flatten(1), x.mean((2, 3))], 1)), a Torch-Pruning 1.6 "
+            "limitation. Leave the layers that feed the concatenation whole "
+            "(ChannelPruningConfig(ignore=[...]))"
+        ) from None
+    finally:
+        for cls, call in originals.items():
+            cls.__call__ = call
+
+
+_PRUNABLE = (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm,
+             nn.LayerNorm, nn.GroupNorm, nn.Embedding, nn.MultiheadAttention, nn.PReLU)
+
+
+def _warn_unpruned(model: nn.Module, arch: PrunedArchitecture, config) -> None:
+    """Say what was left whole and why: recurrent layers and bare parameters, which
+    Torch-Pruning does not prune, and a pruning that removed nothing at all."""
+    changed = {k.rpartition(".")[0] for k in arch.shapes}
+    left = []
+    for name, m in model.named_modules():
+        own = [n for n, p in m.named_parameters(recurse=False)]
+        if not own or any(c == name or c.startswith(f"{name}.") for c in changed):
+            continue
+        if isinstance(m, nn.RNNBase):
+            why = "recurrent layers are not channel-pruned"
+            if any(matches(name, m, p) for p in config.ignore):
+                why = "in ignore"
+            left.append(f"{name or type(m).__name__} ({type(m).__name__}: {why})")
+        elif not isinstance(m, _PRUNABLE):
+            left.append(f"{name or type(m).__name__} ({type(m).__name__}: bare parameters "
+                        f"{', '.join(own)}; Torch-Pruning prunes layers, not parameters)")
+    if not arch.shapes:
+        warnings.warn(
+            f"prune_channels removed nothing from {type(model).__name__}: no prunable channel "
+            "group was found" + (f"; left whole: {'; '.join(left)}" if left else
+                                 " (every layer ignored, kept as output, or too small)"),
+            stacklevel=3,
+        )
+    elif left:
+        warnings.warn(f"prune_channels left these whole: {'; '.join(left)}", stacklevel=3)
+
+
 def _round_to(model: nn.Module, config: ChannelPruningConfig) -> int | None:
     """``config.round_to``; with attention, at least a multiple of every head count, since
     ``nn.MultiheadAttention`` needs its width divisible by its heads."""
@@ -332,8 +432,9 @@ def _where(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}{where}"
 
 
-def _plan_on_copy(work: nn.Module, config: ChannelPruningConfig, inputs, tp) -> None:
-    """Build the dependency graph of ``work`` and prune it to the final ratio in one round."""
+def _plan_on_copy(work: nn.Module, config: ChannelPruningConfig, inputs, tp) -> verify.Plan:
+    """Build the dependency graph of ``work`` and prune it to the final ratio in one round;
+    returns what was removed (for the checks of :mod:`.verify`)."""
     pruner = _pruner(work, config, inputs, tp.importance.MagnitudeImportance(p=2), 1)
     if config.scope == "layer":
         # Torch-Pruning silently skips a group whose target keeps no channel; say so instead.
@@ -348,8 +449,10 @@ def _plan_on_copy(work: nn.Module, config: ChannelPruningConfig, inputs, tp) -> 
     groups = list(pruner.step(interactive=True))
     for group in groups:
         _check_keeps_a_channel(pruner, group[0].dep, len(group[0].idxs), None, config)
+    plan = verify.removed_channels(pruner, groups)
     for group in groups:
         group.prune()
+    return plan
 
 
 def _dry_run(model: nn.Module, config: ChannelPruningConfig, inputs) -> None:
@@ -373,8 +476,9 @@ def _dry_run(model: nn.Module, config: ChannelPruningConfig, inputs) -> None:
             "the weights by autograd (an op such as .detach(), .item(), argmax or a numpy round "
             "trip breaks the graph)"
         )
+    ties = verify.tie_groups(work)
     try:
-        _plan_on_copy(work, config, inputs, tp)
+        plan = _plan_on_copy(work, config, inputs, tp)
     except ValueError:
         raise
     except Exception as e:
@@ -393,6 +497,9 @@ def _dry_run(model: nn.Module, config: ChannelPruningConfig, inputs) -> None:
             f"it fails with {_where(e)}. Ignore the layers around that operation "
             "(ChannelPruningConfig.ignore) or register a custom pruner with Torch-Pruning"
         ) from e
+    verify.check_ties(work, ties, plan)
+    if config.verify:
+        verify.check_function(model, work, inputs, plan)
 
 
 def _check_keeps_a_channel(pruner, dep, n_removed: int, ratio, config) -> None:

@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from slimkit.techniques.channel_pruning.channels import (
     ChannelPruningConfig,
+    _bounded_trace,
     _inputs,
     _pruner,
     count_macs,
@@ -119,16 +120,17 @@ def _groups(model: nn.Module, inputs, ignore: list) -> list[tuple[str, torch.Ten
     import torch_pruning as tp
 
     work = copy.deepcopy(model)
-    pruner = _pruner(work, ChannelPruningConfig(0.0, ignore=list(ignore)), inputs,
-                     tp.importance.MagnitudeImportance(p=2), 1)
     out = []
-    for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
-                                          root_module_types=pruner.root_module_types):
-        imp = pruner.estimate_importance(group)
-        if imp is None:
-            continue
-        name = pruner.DG._module2name[group[0].dep.target.module]
-        out.append((name, imp.detach().float().cpu()))
+    with _bounded_trace(work):
+        pruner = _pruner(work, ChannelPruningConfig(0.0, ignore=list(ignore)), inputs,
+                         tp.importance.MagnitudeImportance(p=2), 1)
+        for group in pruner.DG.get_all_groups(ignored_layers=pruner.ignored_layers,
+                                              root_module_types=pruner.root_module_types):
+            imp = pruner.estimate_importance(group)
+            if imp is None:
+                continue
+            name = pruner.DG._module2name[group[0].dep.target.module]
+            out.append((name, imp.detach().float().cpu()))
     if not out:
         raise ValueError(f"{type(model).__name__} has no prunable channel group")
     return out
