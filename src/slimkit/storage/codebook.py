@@ -77,7 +77,8 @@ def compact_int8(graph: onnx.GraphProto, skip: set[str] = frozenset()) -> list[s
         >>> compact_int8(proto.graph)           # after the quantization export hook
         ['fc1.weight_quantized', ...]
     """
-    dequantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    # Read by a DequantizeLinear, or by the Cast of a weight-only convolution's Cast * scale.
+    dequantized = {n.input[0] for n in graph.node if n.op_type in ("DequantizeLinear", "Cast")}
     return _rewrite(graph, lambda init: (
         encode_int8(numpy_helper.to_array(init))
         if init.data_type == TensorProto.INT8 and len(init.dims) >= 2 and init.name in dequantized
