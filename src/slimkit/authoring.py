@@ -18,6 +18,7 @@ Example:
 
 from slimkit.core.batch import batch_inputs, call_model, check_inputs, flatten_outputs
 from slimkit.core.config import Config, ConfigError
+from slimkit.core.overrides import check_overrides, layer_config, split_layers
 from slimkit.core.parametrize import (
     SlimParametrization,
     expand_tied,
@@ -63,6 +64,7 @@ __all__ = [
     "call_model",
     "capture_block_inputs",
     "check_inputs",
+    "check_overrides",
     "deployable",
     "expand_scale",
     "expand_tied",
@@ -73,6 +75,7 @@ __all__ = [
     "get_technique",
     "group_id",
     "input_of",
+    "layer_config",
     "int_initializer",
     "matches",
     "module_type",
@@ -87,6 +90,7 @@ __all__ = [
     "select_weights",
     "slim_parametrizations",
     "slim_states",
+    "split_layers",
     "stage_order",
     "stages",
     "strip",

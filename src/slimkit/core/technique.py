@@ -133,6 +133,17 @@ class Technique:
         reached its target (e.g. a scheduler that was never stepped), else None."""
         return None
 
+    # -- search ----------------------------------------------------------------------------
+    def knobs(self, config: Config) -> dict[str, list]:
+        """The per-layer fields a search (``sk.sensitivity``, ``sk.optimize``) may set, with
+        their candidate levels, for a model prepared from ``config``: ``{field: [levels]}``,
+        most accurate level first (e.g. ``{"clusters": [32, 16, 8]}``). The search writes
+        its choices as ``config.overrides = {layer: {field: level}}``
+        (:mod:`slimkit.core.overrides`), so a technique that declares knobs has an
+        ``overrides`` field. Default ``{}``: no declared knobs (the search refuses it).
+        """
+        return {}
+
     # -- tooling ---------------------------------------------------------------------------
     def cli_commands(self) -> list:
         """Extra ``slimkit`` sub-commands (``click.Command`` objects)."""

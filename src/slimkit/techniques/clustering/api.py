@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from slimkit.core.overrides import split_layers
 from slimkit.core.parametrize import (
     SlimParametrization,
     expand_tied,
@@ -101,6 +102,16 @@ def _input_below(module: nn.Module, tname: str) -> torch.Tensor:
 
 
 def _prepare(model: nn.Module, config: ClusteringConfig, layers) -> None:
+    groups = split_layers(model, config, layers)
+    # Every layer is checked before any is clustered: a bad layer leaves the model unchanged.
+    for cfg, members in groups:
+        _check_layers(model, cfg, members)
+    group = group_id(model, "cluster")
+    for k, (cfg, members) in enumerate(groups):
+        _prepare_group(model, cfg, members, group if k == 0 else f"{group}.{k}")
+
+
+def _check_layers(model: nn.Module, config: ClusteringConfig, layers) -> None:
     for mname, tname in layers:
         module = get_module(model, mname)
         t = raw_tensor(module, tname)
@@ -108,7 +119,9 @@ def _prepare(model: nn.Module, config: ClusteringConfig, layers) -> None:
         if not torch.is_floating_point(t):
             raise ValueError(f"{name} is {t.dtype}; weight clustering needs a floating-point weight")
         check_size(t, config, name)
-    group = group_id(model, "cluster")
+
+
+def _prepare_group(model: nn.Module, config: ClusteringConfig, layers, group: str) -> None:
     for sites in expand_tied(model, layers):
         mname, tname = sites[0]
         module = get_module(model, mname)
@@ -139,6 +152,9 @@ class WeightClustering(Technique):
 
     def prepare(self, model, config, layers):
         _prepare(model, config, layers)
+
+    def knobs(self, config):
+        return {"clusters": [32, 16, 8, 4]}
 
     def conformance_entries(self):
         from slimkit.techniques.clustering.conformance import ENTRIES

@@ -4,6 +4,7 @@ Example:
     >>> cfg = ClusteringConfig(clusters=16)                          # 16 values per layer
     >>> cfg = ClusteringConfig(16, per_channel=True, refresh_every=100)
     >>> cfg = ClusteringConfig(16, preserve_sparsity=True)           # on a pruned model
+    >>> cfg = ClusteringConfig(16, overrides={"fc1": {"clusters": 4}})  # per layer
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from slimkit.core.config import Config
+from slimkit.core.overrides import check_overrides
 from slimkit.techniques.clustering.kmeans import INITS
 
 
 def _int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
+
+
+# Fields a per-layer override may change.
+OVERRIDABLE = ("clusters", "init", "per_channel", "max_iter")
 
 
 @dataclass
@@ -39,6 +45,9 @@ class ClusteringConfig(Config):
         seed: seed of the k-means initialisation (results repeat exactly for a seed).
         include_depthwise: also cluster depthwise convolutions (skipped by default: they have
             few weights per channel and lose accuracy they do not recover).
+        overrides: ``{layer pattern: {field: value}}``: per-layer changes of the fields in
+            ``OVERRIDABLE``, e.g. ``{"fc1": {"clusters": 4}}`` (patterns as in ``targets``;
+            the last match wins).
     """
 
     clusters: int = 16
@@ -50,6 +59,8 @@ class ClusteringConfig(Config):
     seed: int = 0
     include_depthwise: bool = False
     max_iter: int = field(default=100, metadata={"help": "k-means iterations at most"})
+    overrides: dict = field(default_factory=dict, metadata={
+        "help": "{layer pattern: {field: value}} per-layer settings"})
 
     def __post_init__(self):
         self._require(_int(self.clusters) and self.clusters >= 2, "clusters",
@@ -64,3 +75,4 @@ class ClusteringConfig(Config):
                       "an integer >= 0 (0 = never re-assign weights to centroids)")
         self._require(_int(self.seed) and self.seed >= 0, "seed", "an integer >= 0")
         self._require(_int(self.max_iter) and self.max_iter >= 0, "max_iter", "an integer >= 0")
+        check_overrides(self, OVERRIDABLE)

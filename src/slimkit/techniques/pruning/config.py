@@ -5,6 +5,7 @@ Example:
     >>> cfg = MagnitudePruningConfig(0.5, block_size=(1, 4))   # constant 50%, 1x4 blocks
     >>> cfg = MagnitudePruningConfig(0.9, scope="global")      # rank all layers together
     >>> cfg = MagnitudePruningConfig(pattern="2:4")            # 2 of every 4 inputs kept
+    >>> cfg = MagnitudePruningConfig(0.8, overrides={"fc2": {"schedule": 0.5}})  # per layer
 """
 
 from __future__ import annotations
@@ -12,7 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from slimkit.core.config import Config
+from slimkit.core.overrides import check_overrides
 from slimkit.techniques.pruning.schedules import ConstantSparsity, PruningSchedule
+
+# Fields a per-layer override may change (the scope is one ranking for all layers or none).
+OVERRIDABLE = ("schedule", "block_size", "block_reduce", "pattern")
 
 
 @dataclass
@@ -33,6 +38,10 @@ class MagnitudePruningConfig(Config):
             :mod:`slimkit.techniques.pruning.nm`). The layer's final sparsity is then ``1 - N/M``; the
             schedule only sets the pace: at step ``t`` the fraction ``s(t) / s_final`` of each
             layer's groups is N:M-pruned.
+        overrides: ``{layer pattern: {field: value}}``: per-layer changes of the fields in
+            ``OVERRIDABLE`` (e.g. ``{"fc2": {"schedule": 0.5}}``; patterns as in
+            ``targets``, the last match wins). Layers with their own schedule step on their
+            own; ``scope="global"`` ranks all layers together and takes no overrides.
     """
 
     schedule: PruningSchedule | float = field(default_factory=lambda: ConstantSparsity(0.5))
@@ -40,6 +49,7 @@ class MagnitudePruningConfig(Config):
     block_size: tuple[int, int] = (1, 1)
     block_reduce: str = "mean"
     pattern: str | None = None
+    overrides: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if isinstance(self.schedule, (int, float)) and not isinstance(self.schedule, bool):
@@ -73,6 +83,10 @@ class MagnitudePruningConfig(Config):
                 self._fail("schedule", f"with pattern={self.pattern!r} the schedule must end "
                            f"above sparsity 0 (it sets the pace of N:M pruning), got "
                            f"{self.schedule!r}")
+
+        self._require(self.scope == "layer" or not self.overrides, "overrides",
+                      "empty with scope='global' (one ranking over all layers)")
+        check_overrides(self, OVERRIDABLE)
 
     @property
     def nm(self) -> tuple[int, int] | None:

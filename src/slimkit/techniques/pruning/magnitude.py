@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from slimkit.core.overrides import split_layers
 from slimkit.core.parametrize import expand_tied, get_module, raw_tensor, register
 from slimkit.core.records import group_id
 from slimkit.core.stages import register_stage
@@ -39,6 +40,14 @@ def prune(model: nn.Module, config: MagnitudePruningConfig, targets=None, ignore
 
 
 def _prepare(model: nn.Module, config: MagnitudePruningConfig, layers) -> None:
+    # Layers with a config of their own (overrides) form a group of their own: a group steps
+    # on one schedule.
+    base = group_id(model, "prune")
+    for k, (cfg, members) in enumerate(split_layers(model, config, layers)):
+        _prepare_group(model, cfg, members, base if k == 0 else f"{base}.{k}")
+
+
+def _prepare_group(model: nn.Module, config: MagnitudePruningConfig, layers, group: str) -> None:
     if config.nm is not None:
         layers = nm_layers(model, layers, config.nm[1])
     for mname, tname in layers:
@@ -47,7 +56,6 @@ def _prepare(model: nn.Module, config: MagnitudePruningConfig, layers) -> None:
             raise ValueError(
                 f"{mname}.{tname} is {t.dtype}; magnitude pruning needs a floating-point weight"
             )
-    group = group_id(model, "prune")
     created = []
     for sites in expand_tied(model, layers):
         mname, tname = sites[0]
@@ -70,6 +78,11 @@ class MagnitudePruning(Technique):
 
     def prepare(self, model, config, layers):
         _prepare(model, config, layers)
+
+    def knobs(self, config):
+        if config.scope != "layer" or config.pattern is not None:
+            return {}
+        return {"schedule": [0.5, 0.7, 0.8, 0.9, 0.95]}
 
     def check_step(self, model, record):
         from slimkit.techniques.pruning.mask import schedule_shortfall

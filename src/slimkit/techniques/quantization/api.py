@@ -106,6 +106,11 @@ class PostTrainingQuantization(Technique):
     def survives_strip(self, record):
         return True
 
+    def knobs(self, config):
+        # int8 is the only width static / dynamic int8 kernels take: the per-layer choice is
+        # int8 or left in float (the search's "off"); weight-only also stores int4.
+        return {"weight_bits": [8, 4] if config.mode == "weight_only" else [8]}
+
     def pre_export(self, model, ctx):
         from slimkit.core.config import Config
 
@@ -137,6 +142,10 @@ class QuantizationAwareTraining(PostTrainingQuantization):
     def needs_calibration(self, config):
         return config.bias_correction == "empirical"
 
+    def knobs(self, config):
+        # 4-bit weights next to int8 activations train well (int8 containers, int8 kernels).
+        return {"weight_bits": [8, 4]}
+
     def calibrate(self, model, config, data, *, batch_size: int = 32, progress: bool = True):
         # Optional for QAT: starts the activation ranges from data instead of the first steps.
         calibrate(model, data, batch_size=batch_size, progress=progress)
@@ -160,6 +169,9 @@ class AdaRoundQuantization(PostTrainingQuantization):
 
     def needs_calibration(self, config):
         return True
+
+    def knobs(self, config):
+        return {}    # learned rounding per layer: not searched yet
 
     def missing_calibration(self, config, verb):
         return ("adaround needs calibration data (it learns each layer's rounding on unlabeled "

@@ -96,8 +96,9 @@ def _gptq_block(block: nn.Module, inputs: BlockInputs, config: WeightOnlyConfig)
             block(*args, **kwargs)
     for name, (module, p) in quants.items():
         w = float_weight(module)
+        # p.bits / p.group_size: the layer's own setting (per-layer overrides).
         codes, scales, zeros = gptq_quantize(
-            w, stats.hessian[name], config.bits, config.group_size, config.symmetric,
+            w, stats.hessian[name], p.bits, p.group_size, config.symmetric,
             damp=config.damp, act_order=config.act_order, block=config.block)
         p.set_(codes, scales, zeros)
         p.calibrated.fill_(1)
@@ -251,8 +252,9 @@ def _awq_block(block: nn.Module, inputs: BlockInputs, config: WeightOnlyConfig) 
                         p.override = None
                 return sum(float((o - r).pow(2).mean()) for o, r in zip(out, ref))
 
-            s, _, _ = awq_search(weights, stats.abs_mean[g["layers"][0]], evaluate, config.bits,
-                                 config.group_size, config.symmetric, grid=config.awq_grid)
+            first = layers[0][1]    # layers sharing an input share the first one's grid search
+            s, _, _ = awq_search(weights, stats.abs_mean[g["layers"][0]], evaluate, first.bits,
+                                 first.group_size, config.symmetric, grid=config.awq_grid)
             with torch.no_grad():
                 for m, _ in layers:
                     m.parametrizations["weight"].original.mul_(s.to(m.weight.dtype))
@@ -266,6 +268,6 @@ def _awq_block(block: nn.Module, inputs: BlockInputs, config: WeightOnlyConfig) 
             x = stats.inputs[name].float()
             if name in in_scale:
                 x = x / in_scale[name]
-            clip = awq_clip(w, x, config.bits, config.group_size, config.symmetric)
-        p.set_(*rtn(w, config.bits, config.group_size, config.symmetric, clip))
+            clip = awq_clip(w, x, p.bits, p.group_size, config.symmetric)
+        p.set_(*rtn(w, p.bits, p.group_size, config.symmetric, clip))
         p.calibrated.fill_(1)

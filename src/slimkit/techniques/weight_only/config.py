@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from slimkit.authoring import Config
+from slimkit.authoring import Config, check_overrides
 
 BITS = (2, 3, 4, 8)
 GROUP_SIZES = (32, 64, 128, None)
 ALGORITHMS = ("rtn", "hqq", "gptq", "awq")
 CALIBRATED = ("gptq", "awq")
+# Fields a per-layer override may change.
+OVERRIDABLE = ("bits", "group_size", "allow_partial_group")
 
 
 def _help(text: str) -> dict:
@@ -34,6 +36,9 @@ class WeightOnlyConfig(Config):
             (one per output channel).
         symmetric: zero point fixed at ``2**(bits-1)`` (True) or fitted per group (False).
         algorithm: ``"rtn"``, ``"hqq"`` (no data); ``"gptq"``, ``"awq"`` (calibration data).
+        overrides: ``{layer pattern: {field: value}}``: per-layer ``bits``, ``group_size``
+            or ``allow_partial_group`` (e.g. ``{"*.mlp.down_proj": {"bits": 8}}``; patterns
+            as in ``targets``, the last match wins).
     """
 
     version: ClassVar[int] = 1
@@ -74,6 +79,8 @@ class WeightOnlyConfig(Config):
         "model's get_output_embeddings()); a tied embedding then shares the codes"))
     calibration_tokens: int = field(default=2048, metadata=_help(
         "GPTQ/AWQ: the fewest calibration tokens accepted (>= 1)"))
+    overrides: dict = field(default_factory=dict, metadata=_help(
+        "{layer pattern: {field: value}}: per-layer bits / group_size"))
 
     def __post_init__(self):
         self._require(self.bits in BITS and not isinstance(self.bits, bool), "bits",
@@ -102,6 +109,7 @@ class WeightOnlyConfig(Config):
         self._require(isinstance(self.quantize_lm_head, bool), "quantize_lm_head", "True or False")
         self._require(_int_at_least(self.calibration_tokens, 1), "calibration_tokens",
                       "an integer >= 1")
+        check_overrides(self, OVERRIDABLE)
 
     @property
     def needs_data(self) -> bool:

@@ -17,6 +17,7 @@ from slimkit.authoring import (
     Technique,
     expand_tied,
     get_module,
+    layer_config,
     register_parametrization,
     select_weights,
 )
@@ -129,30 +130,34 @@ class WeightOnlyTechnique(Technique):
                 f"targets={targets!r}, ignore={ignore!r} (weight-only quantization needs one)")
         _warn_ties(model, chosen)
         for mname, tname in chosen:
-            w = getattr(get_module(model, mname), tname)
-            check_group_size(_in_features(w), config.group_size, mname or "model",
-                             config.allow_partial_group)
+            module = get_module(model, mname)
+            cfg = layer_config(config, mname, module)
+            check_group_size(_in_features(getattr(module, tname)), cfg.group_size,
+                             mname or "model", cfg.allow_partial_group)
         return chosen
 
     # -- preparing -------------------------------------------------------------------------
     def prepare(self, model, config, layers):
         # Validate every layer before touching any, so a bad layer leaves the model unchanged.
         for mname, tname in layers:
-            w = getattr(get_module(model, mname), tname)
-            check_group_size(_in_features(w), config.group_size, mname or "model",
-                             config.allow_partial_group)
+            module = get_module(model, mname)
+            cfg = layer_config(config, mname, module)
+            check_group_size(_in_features(getattr(module, tname)), cfg.group_size,
+                             mname or "model", cfg.allow_partial_group)
         in_blocks = _block_prefixes(model) if config.needs_data else []
         for sites in expand_tied(model, layers):
             mname, tname = sites[0]
-            w = getattr(get_module(model, mname), tname).detach()
+            module = get_module(model, mname)
+            cfg = layer_config(config, mname, module)    # per-layer bits / group_size
+            w = getattr(module, tname).detach()
             if config.algorithm == "hqq":
                 codes, scales, zeros = hqq_optimize(
-                    w, config.bits, config.group_size, config.symmetric,
+                    w, cfg.bits, cfg.group_size, config.symmetric,
                     iterations=config.hqq_iterations, p=config.hqq_p)
             else:
-                codes, scales, zeros = rtn(w, config.bits, config.group_size, config.symmetric)
+                codes, scales, zeros = rtn(w, cfg.bits, cfg.group_size, config.symmetric)
             p = WeightOnlyQuant(codes.to(w.device), scales.to(w.device), zeros.to(w.device),
-                                bits=config.bits, group_size=config.group_size,
+                                bits=cfg.bits, group_size=cfg.group_size,
                                 algorithm=config.algorithm, integer_zeros=config.integer_zeros)
             if config.needs_data and not any(m.startswith(b) for m, _ in sites for b in in_blocks):
                 # Outside the repeated blocks GPTQ / AWQ never run: round-to-nearest is final.
@@ -166,6 +171,9 @@ class WeightOnlyTechnique(Technique):
             calibration = self._check_data(config, calibration)    # a list: read once
         return super().apply(model, config, targets=targets, ignore=ignore,
                              example_inputs=example_inputs, calibration=calibration, **options)
+
+    def knobs(self, config):
+        return {"bits": [8, 4]}
 
     # -- calibration -----------------------------------------------------------------------
     def needs_calibration(self, config) -> bool:

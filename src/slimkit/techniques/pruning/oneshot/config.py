@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from slimkit.core.config import Config
+from slimkit.core.overrides import check_overrides
 from slimkit.techniques.pruning.nm import parse_pattern
 from slimkit.techniques.pruning.schedules import ConstantSparsity
 
@@ -43,8 +44,9 @@ class OneShotPruningConfig(Config):
         sparsity: the share of weights zeroed in every selected layer, in [0, 1).
         pattern: ``"N:M"`` (e.g. ``"2:4"``, ``"4:8"``): N:M sparsity instead of
             unstructured; every layer then ends at ``1 - N/M`` and ``sparsity`` is not used.
-        overrides: ``{layer pattern: sparsity}``: per-layer ratios (patterns as in
-            ``targets``: type names, globs, ``re:`` regexes; the last match wins).
+        overrides: ``{layer pattern: {"sparsity": s}}``: per-layer ratios (patterns as in
+            ``targets``: type names, globs, ``re:`` regexes; the last match wins). The older
+            form ``{layer pattern: s}`` is accepted and stored as the new one.
         calibration_tokens: the fewest calibration tokens accepted (rows of the layer
             inputs): fewer give a rank-deficient Hessian / unreliable input norms.
     """
@@ -62,11 +64,15 @@ class OneShotPruningConfig(Config):
         self._require(isinstance(self.overrides, dict), "overrides",
                       "a dict {layer pattern: sparsity in [0, 1)}")
         for key, value in self.overrides.items():
+            # {pattern: {"sparsity": s}} (the form of every config) or the older {pattern: s}
+            if isinstance(value, dict) and set(value) <= {"sparsity"} and value:
+                value = value["sparsity"]
             self._require(isinstance(key, str) and _fraction(value), "overrides",
-                          f"a dict {{layer pattern (str): sparsity in [0, 1)}} (got {key!r}: "
-                          f"{value!r})")
+                          f"a dict {{layer pattern (str): {{'sparsity': s}} or s}} with s in "
+                          f"[0, 1) (got {key!r}: {value!r})")
         self._require(self.pattern is None or not self.overrides, "overrides",
                       "empty when a pattern is set (N:M fixes every layer at 1 - N/M)")
+        check_overrides(self, ("sparsity",), legacy="sparsity")
         self._require(isinstance(self.calibration_tokens, int)
                       and not isinstance(self.calibration_tokens, bool)
                       and self.calibration_tokens >= 1, "calibration_tokens", "an integer >= 1")
@@ -84,9 +90,9 @@ class OneShotPruningConfig(Config):
         from slimkit.core.selection import matches
 
         value = self.sparsity
-        for pattern, s in self.overrides.items():
+        for pattern, fields in self.overrides.items():
             if matches(name, module, pattern):
-                value = s
+                value = fields["sparsity"]
         return float(value)
 
 

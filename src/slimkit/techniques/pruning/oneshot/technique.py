@@ -130,6 +130,9 @@ class OneShotPruning(Technique):
                           + "; ".join(skipped), stacklevel=4)
         return chosen
 
+    def knobs(self, config):
+        return {} if config.nm is not None else {"sparsity": [0.3, 0.5, 0.6, 0.7]}
+
     # -- preparing -------------------------------------------------------------------------
     def prepare(self, model, config, layers):
         for mname, tname in layers:
