@@ -14,6 +14,8 @@ from rich.table import Table
 
 from slimkit.recipes import example_path, examples, load_recipe, run_recipe
 from slimkit.recipes.recipe import Recipe, RecipeError
+from slimkit.recipes.runner import preflight
+from slimkit.recipes.tasks import build_task
 
 
 def run_command(recipe_path: str | None, example: str | None = None, out: str | None = None,
@@ -35,6 +37,8 @@ def run_command(recipe_path: str | None, example: str | None = None, out: str | 
     recipe = load_recipe(recipe_path)
     console.print(plan_table(recipe))
     if check:
+        # Against the model too: patterns that match no layer, stages the model refuses.
+        preflight(recipe, build_task(recipe), max_steps)
         console.print(f"{recipe.source}: valid")
         return None
     folder = Path(out) if out is not None else Path("runs") / recipe.name

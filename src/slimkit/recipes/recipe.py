@@ -353,6 +353,8 @@ def _stage(p: _Problems, raw: Any, index: int) -> RecipeStage | None:
             calib)
     for key in ("targets", "ignore"):
         value = raw.get(key)
+        if isinstance(value, str):   # one pattern, as sk.apply(targets="c1") takes it
+            value = raw[key] = [value]
         ok = value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
         p.check(ok, f"{loc}.{key}", "a list of layer patterns (type names, globs, 're:' regexes)",
                 value)

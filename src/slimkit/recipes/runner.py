@@ -31,6 +31,7 @@ import json
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -44,6 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import slimkit as sk
 from slimkit.core.io import atomic_path
+from slimkit.core.selection import matches
 from slimkit.recipes.outputs import write_outputs
 from slimkit.recipes.recipe import Recipe, RecipeError, RecipeStage
 from slimkit.recipes.tasks import Task, build_task, load_weights
@@ -95,6 +97,8 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None = N
     with atomic_path(out / "recipe.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(recipe.raw, sort_keys=False))
     task = build_task(recipe)
+    if done < len(phases):
+        preflight(recipe, task, max_steps)   # before the first phase trains, not hours in
 
     history: list[dict] = []
     model = None
@@ -134,6 +138,47 @@ def run_recipe(recipe: Recipe, out_dir: str | Path, *, max_steps: int | None = N
                            resumed_from=resumed_from)
     console.print(f"artifact [bold]{artifact}[/]; report.json, report.md and plots in {out}")
     return RunResult(out, artifact, report, resumed_from)
+
+
+def preflight(recipe: Recipe, task: Task, max_steps: int | None = None) -> None:
+    """Check the recipe against its model before anything trains.
+
+    Runs the model on the example inputs, then applies every stage, in order, to a copy of
+    the untrained model (no training, no calibration), so a target or ignore pattern that
+    matches no layer, a layer a technique refuses, or an order the techniques refuse fails now
+    with the stage's location (:class:`RecipeError`), not when that stage is reached.
+    """
+    model = task.make_model()
+    try:
+        with torch.no_grad():
+            _call(model.eval(), task.example_inputs)
+    except Exception as e:
+        raise RecipeError(recipe.source, [("data.example_inputs", f"the model cannot run on "
+                                           f"them: {type(e).__name__}: {e}")]) from e
+    for i, stage in enumerate(recipe.stages):
+        loc = f"stages[{i}]"
+        _, per_epoch = _plan(stage.epochs, stage.steps, task, max_steps, loc)
+        try:
+            config = stage.build_config(per_epoch)
+        except RecipeError as e:
+            raise RecipeError(recipe.source,
+                              [(f"{loc}.{where}", msg) for where, msg in e.problems]) from None
+        for pattern in stage.ignore or []:
+            # sk.apply only warns about these; in a recipe a mistyped ignore would silently
+            # compress the layer it meant to keep.
+            if not any(matches(n, m, pattern) for n, m in model.named_modules() if n):
+                raise RecipeError(recipe.source, [(
+                    f"{loc}.ignore", f"ignore entry {pattern!r} matches no module in "
+                    f"{type(model).__name__}")])
+        try:
+            with warnings.catch_warnings():
+                # the real run warns where it matters; the rehearsal on an untrained copy
+                # would only repeat it
+                warnings.simplefilter("ignore")
+                sk.apply(model, config, targets=stage.targets, ignore=stage.ignore,
+                         example_inputs=task.example_inputs)
+        except (ValueError, TypeError) as e:
+            raise RecipeError(recipe.source, [(loc, str(e))]) from e
 
 
 # ---- phases -------------------------------------------------------------------------------
