@@ -43,7 +43,10 @@ class ExportContext:
     ``pre_export`` and read by ``post_export``. ``rewritten``: initializer name -> the
     technique whose ``post_export`` replaced it (see :meth:`mark_rewritten`).
     ``keep_metadata``: keep the exporter's per-node debug metadata (stack traces); a
-    technique's hook may still drop it from the nodes it writes.
+    technique's hook may still drop it from the nodes it writes. ``quantized``: set by
+    :meth:`expect_quantized` when the deployed arithmetic is quantized; validation then
+    accepts an output whose error is small against its scale and the quantization step
+    (:class:`slimkit.export.validation.QuantizedCheck`), not only element by element.
     """
 
     compact: bool = False
@@ -54,6 +57,18 @@ class ExportContext:
     notes: dict = field(default_factory=dict)
     rewritten: dict = field(default_factory=dict)
     keep_metadata: bool = True
+    quantized: object = None
+
+    def expect_quantized(self, output_step: float = 0.0) -> None:
+        """Judge the file as a quantized one (unless the caller set a tolerance): the RMS of
+        ``ort - torch`` within a share of the output's RMS or a few ``output_step``, top-1
+        kept where torch's lead is clear. See :mod:`slimkit.export.validation`."""
+        from slimkit.export.validation import QuantizedCheck
+
+        if self.user_tolerance:
+            return
+        step = max(output_step, self.quantized.output_step if self.quantized else 0.0)
+        self.quantized = QuantizedCheck(output_step=step)
 
     def suggest_tolerance(self, atol: float, rtol: float) -> None:
         """Widen the validation tolerance to at least ``atol`` / ``rtol`` (unless user-set)."""

@@ -109,6 +109,10 @@ def pre_export(model: nn.Module, ctx) -> None:
             attach(module, q, None)
     if out_scales:
         ctx.suggest_tolerance(2.0 * max(out_scales), 1e-3)
+    # Int8 kernels (and ORT's DequantizeLinear + MatMul -> MatMulNBits fusion, which quantizes
+    # the activations per block) differ from the torch simulation by rounding flips that add
+    # up over the layers: judge the file by its error against the output and the step.
+    ctx.expect_quantized()
     if any(w["dynamic"] for w in weights.values()):
         # ORT's DynamicQuantizeLinear and the torch simulation agree up to float summation
         # order, which can flip a rounding: a few activation steps at the output.
