@@ -27,6 +27,7 @@ from slimkit.core.verbs import calibrate, cluster, prune, quantize
 from slimkit.distill import Distillation, DistillationConfig
 from slimkit.export import ExportValidationError, export_onnx, export_packed, load_packed
 from slimkit.metrics import DeploymentReport, report
+from slimkit.search import OptimizeResult, SensitivityResult, optimize, sensitivity
 
 # The configs and helpers of the built-in techniques, re-exported as the public API. The
 # techniques themselves are registered through the slimkit.techniques entry points.
@@ -59,11 +60,13 @@ __all__ = [
     "DistillationConfig",
     "ExportValidationError",
     "MagnitudePruningConfig",
+    "OptimizeResult",
     "PolynomialDecay",
     "PruningSchedule",
     "QATConfig",
     "QuantizationConfig",
     "Scheduler",
+    "SensitivityResult",
     "SmoothQuantConfig",
     "SparseGPTConfig",
     "Technique",
@@ -78,6 +81,7 @@ __all__ = [
     "get_technique",
     "load",
     "load_packed",
+    "optimize",
     "prune",
     "prune_channels",
     "prune_for_latency",
@@ -88,6 +92,7 @@ __all__ = [
     "register_weights",
     "report",
     "save",
+    "sensitivity",
     "strip",
     "techniques",
     "__version__",
