@@ -9,6 +9,7 @@ Example:
     $ slimkit report model.onnx --batch-size 32 --json report.json
     $ slimkit check-sparsity model.onnx --pattern 2:4     # contributed by magnitude pruning
     $ slimkit run --example pcqat --out runs/pcqat      # or: slimkit run my-recipe.yaml
+    $ slimkit optimize --example optimize-digits --out runs/optimize   # sk.optimize
 """
 
 from __future__ import annotations
@@ -153,6 +154,38 @@ def run(recipe, example, list_examples, out, max_steps, check) -> None:
         run_command(recipe, example, out, max_steps, check)
     except RecipeError as e:
         raise _BadInput(str(e)) from e
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("--example", default=None,
+              help="Run a shipped optimize recipe instead of a file (e.g. optimize-digits).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder: report.md, result.json, pareto.png, sensitivity.png, "
+                   "model.onnx, stages.yaml and checkpoint.json (a rerun resumes from it).  "
+                   "[default: runs/<recipe name>]")
+def optimize(recipe, example, out) -> None:
+    """Search per-layer settings for the smallest (or fastest) model within a metric budget:
+    a recipe with a search: section (see docs/search/guide.md). Exit 0: done; 1: the search
+    failed (e.g. no candidate meets the budget); 2: bad recipe or options."""
+    from slimkit.recipes import RecipeError
+    from slimkit.search import SearchError
+    from slimkit.search.recipe import example_path, examples, run_optimize_recipe
+
+    if (recipe is None) == (example is None):
+        raise _BadInput(f"give a recipe file or --example NAME (one of {', '.join(examples())}),"
+                        " not both or neither")
+    try:
+        path = example_path(example) if example is not None else recipe
+        run_optimize_recipe(path, out)
+    except RecipeError as e:
+        raise _BadInput(str(e)) from e
+    except SearchError as e:
+        raise click.ClickException(str(e)) from e
+    except ValueError as e:
+        if example is not None and "unknown optimize recipe" in str(e):
+            raise _BadInput(str(e)) from e
+        raise
 
 
 @main.command("new-technique")
