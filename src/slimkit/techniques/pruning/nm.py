@@ -196,9 +196,11 @@ def check_sparsity(path_or_model, pattern: str = "2:4") -> SparsityCheck:
     """Check every weight of an ONNX file or a torch model against an N:M pattern.
 
     Torch models: every weight slimkit can prune (Linear, Conv, attention, RNN...), as the
-    model computes with it (masks applied). ONNX files: every initializer of rank >= 2 that
-    feeds a Conv, ConvTranspose, Gemm or MatMul, read along its input axis (``Gemm`` with
-    ``transB=0`` and ``MatMul`` store ``(in, out)``).
+    model computes with it (masks applied). ONNX files: the weight of every Conv, Gemm and MatMul,
+    read along its input axis (``Gemm`` with ``transB=0`` and ``MatMul`` store ``(in, out)``),
+    also when it is quantized: behind DequantizeLinear (int8 / int4, blocked), ``Cast * scale``
+    or a codebook, and the integer weights of MatMulInteger, QLinearConv, QLinearMatMul,
+    QGemm and MatMulNBits (a weight is zero where its code equals its zero point).
 
     Example:
         >>> report = check_sparsity("model.onnx", "2:4")
@@ -234,7 +236,8 @@ def check_sparsity(path_or_model, pattern: str = "2:4") -> SparsityCheck:
 
 def _onnx_weights(path: Path):
     import onnx
-    from onnx import numpy_helper
+
+    from slimkit.metrics.matmul_weights import matmul_weights
 
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} does not exist; expected an .onnx file")
@@ -242,25 +245,6 @@ def _onnx_weights(path: Path):
         model = onnx.load(str(path))
     except Exception as e:
         raise ValueError(f"{str(path)!r} is not a readable ONNX file: {e}") from e
-    inits = {t.name: t for t in model.graph.initializer}
-    seen = set()
-    for node in model.graph.node:
-        for pos, inp in enumerate(node.input):
-            if inp not in inits or inp in seen or len(inits[inp].dims) < 2:
-                continue
-            axis = _input_axis(node, pos)
-            if axis is None:
-                continue
-            seen.add(inp)
-            yield inp, numpy_helper.to_array(inits[inp]), axis
-
-
-def _input_axis(node, pos: int) -> int | None:
-    attrs = {a.name: a for a in node.attribute}
-    if node.op_type == "Conv" and pos == 1:
-        return 1
-    if node.op_type == "Gemm" and pos == 1:
-        return 1 if ("transB" in attrs and attrs["transB"].i == 1) else 0
-    if node.op_type == "MatMul" and pos == 1:
-        return 0
-    return None
+    # Through DequantizeLinear / Cast * scale / codebooks, and the integer weights of
+    # MatMulInteger, QLinearConv, QLinearMatMul, QGemm and MatMulNBits (zero points removed).
+    yield from matmul_weights(model)
