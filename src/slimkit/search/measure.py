@@ -177,7 +177,7 @@ def measure_artifact(model: nn.Module, example_inputs, eval_fn, *, metric: str |
     start = time.perf_counter()
     opts = {"compact": True, **(export_options or {})}
     with tempfile.TemporaryDirectory(prefix="slimkit-search-") as tmp:
-        path = export_onnx(model, Path(tmp) / "candidate.onnx", example_inputs=example_inputs,
+        path = export_onnx(model, Path(tmp) / "model.onnx", example_inputs=example_inputs,
                            **opts)
         runs = latency_runs if objective == "latency" else 0
         rep = report(path, example_inputs, eval_fn=wrapped, batch_size=batch_size,
