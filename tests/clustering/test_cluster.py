@@ -334,12 +334,14 @@ def test_deepcopy_and_export_leave_the_original_prepared(seeded, tmp_path):
     assert model.fc1.parametrizations.weight[0].centroids.grad is not None
 
 
-def test_cluster_then_prune_still_stacks_mask_first(seeded):
+def test_cluster_then_prune_is_refused_since_the_snap_would_undo_the_mask(seeded):
+    # The mask would go under the snap, whose assignment was computed on the dense weight:
+    # the pruned zeros would come back as centroids (sparsity 0.0 after strip).
     layer = nn.Linear(32, 16)
     cluster(layer, ClusteringConfig(8))
-    sk.prune(layer, sk.MagnitudePruningConfig(0.5))
-    stack = [type(p).__name__ for p in layer.parametrizations.weight]
-    assert stack == ["PruningMask", "ClusterSnap"]
+    with pytest.raises(ValueError, match="mask -> cluster"):
+        sk.prune(layer, sk.MagnitudePruningConfig(0.5))
+    assert [type(p).__name__ for p in layer.parametrizations.weight] == ["ClusterSnap"]
 
 
 def test_resume_mid_fine_tune_is_bit_identical(tmp_path, digits):

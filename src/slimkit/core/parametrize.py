@@ -34,6 +34,10 @@ class SlimParametrization(SlimState, nn.Module):
     """
 
     stage: str = ""
+    # False for a parametrization that fixed what it does from the weight it saw when it was
+    # prepared (clustering's assignment to centroids): a lower stage added under it later
+    # would be undone by it, so register() refuses that order instead of losing it.
+    accepts_lower_stages: bool = True
 
     def __init__(self, group: str = ""):
         super().__init__()
@@ -115,8 +119,13 @@ def _watch_rnn(module: nn.Module) -> None:
 
 
 def register(model: nn.Module, sites: list[tuple[str, str]], p: SlimParametrization) -> None:
-    """Register ``p`` on every site (module name, tensor name) at the place its stage dictates."""
+    """Register ``p`` on every site (module name, tensor name) at the place its stage dictates.
+
+    Every site is checked before any is changed, so a refused site leaves the model as it was.
+    """
     order = stage_order(p.stage)
+    for mname, tname in sites:
+        _check_slot(get_module(model, mname), mname, tname, p, order)
     for mname, tname in sites:
         module = get_module(model, mname)
         _own_class(module)
@@ -125,17 +134,41 @@ def register(model: nn.Module, sites: list[tuple[str, str]], p: SlimParametrizat
             parametrize.register_parametrization(module, tname, p)
             continue
         plist = module.parametrizations[tname]
-        stages = [_order_of(q, mname, tname) for q in plist]
-        if order in stages:
-            raise ValueError(
-                f"{mname or 'model'}.{tname} already has a {p.stage} parametrization "
-                f"({type(plist[stages.index(order)]).__name__}); strip it or use a fresh model"
-            )
-        pos = sum(1 for s in stages if s < order)
+        pos = sum(1 for q in plist if _order_of(q, mname, tname) < order)
         if pos == len(plist):
             parametrize.register_parametrization(module, tname, p)
         else:
             plist.insert(pos, p)
+
+
+def _check_slot(module: nn.Module, mname: str, tname: str, p: SlimParametrization,
+                order: float) -> None:
+    """Refuse a second parametrization of one stage, or one that would go under a
+    parametrization that cannot take a lower stage after it was prepared."""
+    if not parametrize.is_parametrized(module, tname):
+        return
+    plist = module.parametrizations[tname]
+    stages = [_order_of(q, mname, tname) for q in plist]
+    if order in stages:
+        raise ValueError(
+            f"{mname or 'model'}.{tname} already has a {p.stage} parametrization "
+            f"({type(plist[stages.index(order)]).__name__}); strip it or use a fresh model"
+        )
+    pos = sum(1 for s in stages if s < order)
+    above = [q for q in list(plist)[pos:]
+             if isinstance(q, SlimParametrization) and not q.accepts_lower_stages]
+    if above:
+        raise ValueError(
+            f"{mname or 'model'}.{tname} already has a {above[0].stage} parametrization "
+            f"({type(above[0]).__name__}) computed from the weight as it was; a {p.stage} "
+            f"stage added under it now would be undone. Apply the techniques in stage "
+            f"order instead ({' -> '.join(_stage_names(p.stage, above[0].stage))}), "
+            f"e.g. prune, then cluster with preserve_sparsity=True"
+        )
+
+
+def _stage_names(*names: str) -> list[str]:
+    return sorted(names, key=stage_order)
 
 
 def _order_of(q: nn.Module, mname: str, tname: str) -> float:

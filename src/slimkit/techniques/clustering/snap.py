@@ -56,6 +56,10 @@ class _Snap(torch.autograd.Function):
 class ClusterSnap(SlimParametrization):
     """Snap a weight to shared centroids: (k,) per tensor or (channels, k) per channel."""
 
+    # The assignment to centroids was computed from the weight at prepare time: a pruning
+    # mask added underneath later would be snapped back to non-zero centroids.
+    accepts_lower_stages = False
+
     stage = register_stage("cluster", 200)
 
     def __init__(self, centroids: torch.Tensor, labels: torch.Tensor, fixed: torch.Tensor,
