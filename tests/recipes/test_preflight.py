@@ -113,3 +113,13 @@ def test_dict_inputs_recipe_runs_to_the_end(tmp_path, task_module):
     report = json.loads((out / "report.json").read_text())
     assert report["final"]["metrics"]["accuracy"] > 0.6
     assert abs(report["stages"][-1]["sparsity"] - 0.5 * 192 / (192 + 96)) < 0.02
+
+
+def test_shipped_examples_point_to_nothing_users_lack():
+    # They are installed with the package: "../shared/BENCHMARKS.md" exists only beside
+    # slimkit's own checkout.
+    from slimkit.recipes import example_path, examples
+
+    for name in examples():
+        text = example_path(name).read_text()
+        assert "../" not in text and "shared/" not in text, name

@@ -158,11 +158,13 @@ def select_weights(
     *,
     names_for: Callable[[str, nn.Module], list[str]] | None = None,
     technique: str = "this technique",
+    supported: list[str] | None = None,
 ) -> list[tuple[str, str]]:
     """Resolve ``targets`` / ``ignore`` to the ``(module_name, tensor_name)`` pairs to transform.
 
     ``names_for(name, module)`` returns the tensors of a module the technique handles
-    (default: :func:`weight_names`). Raises ``ValueError`` when a ``targets`` entry matches no
+    (default: :func:`weight_names`); ``supported`` names the layer types the technique takes,
+    for error messages (default: every type with registered weights). Raises ``ValueError`` when a ``targets`` entry matches no
     module, names a type without weights, or when nothing at all is selected; warns (listing
     them) about layers that own weights slimkit does not know, so they are skipped visibly.
 
@@ -188,7 +190,8 @@ def select_weights(
             kinds = sorted({module_type(m).__name__ for _, m in hit})
             raise ValueError(
                 f"targets entry {pattern!r} selects {', '.join(kinds)}, which has no weight "
-                f"{technique} can transform; supported: {', '.join(supported_types())} "
+                f"{technique} can transform; supported: "
+                f"{', '.join(supported or supported_types())} "
                 "(declare custom layers with sk.register_weights)"
             )
     for pattern in ignore_l:
@@ -208,7 +211,7 @@ def select_weights(
         if names:
             selected.extend((name, t) for t in names)
         elif _owns_unknown_weight(module):
-            unknown.append(f"{name} ({module_type(module).__name__})")
+            unknown.append(f"{name or '(the model itself)'} ({module_type(module).__name__})")
     if unknown:
         warnings.warn(
             f"slimkit: {technique} skipped {len(unknown)} layer(s) whose weights it does not "
@@ -220,7 +223,7 @@ def select_weights(
         raise ValueError(
             f"the layer selection (targets={targets_l!r}, ignore={ignore_l!r}) matches no layer "
             f"with a weight {technique} can transform in {type(model).__name__}; "
-            f"supported: {', '.join(supported_types())}"
+            f"supported: {', '.join(supported or supported_types())}"
         )
     return selected
 

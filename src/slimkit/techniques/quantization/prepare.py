@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import torch
@@ -59,7 +60,11 @@ def _why_not(module: nn.Module, mode: str) -> str:
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return "no int8 ConvTranspose kernel in ONNX Runtime: use mode='weight_only'"
     if isinstance(module, nn.RNNBase):
-        return "recurrent weights have no int8 ONNX Runtime path"
+        if mode == "dynamic":
+            # ORT has DynamicQuantizeLSTM; slimkit does not emit it yet.
+            return ("slimkit has no dynamic int8 export for recurrent layers yet (ONNX "
+                    "Runtime's DynamicQuantizeLSTM kernel exists)")
+        return "recurrent weights have no static int8 ONNX Runtime path"
     if isinstance(module, nn.MultiheadAttention):
         return "fused attention projections: its out_proj Linear is quantized"
     if isinstance(module, nn.modules.conv._ConvNd) and mode == "dynamic":
@@ -76,12 +81,13 @@ def select_layers(model: nn.Module, config: QuantizationConfig, targets, ignore)
         names = weight_names(module)
         if not names:
             if _owns_unknown_weight(module):
-                skipped.append(f"{name} ({module_type(module).__name__}: weights slimkit does "
+                skipped.append(f"{name or '(the model itself)'} ({module_type(module).__name__}: weights slimkit does "
                                "not know; declare them with sk.register_weights)")
             return []
         if isinstance(module, supported):
             return ["weight"]
-        skipped.append(f"{name} ({module_type(module).__name__}: {_why_not(module, config.mode)})")
+        skipped.append(f"{name or '(the model itself)'} ({module_type(module).__name__}: "
+                       f"{_why_not(module, config.mode)})")
         return []
 
     try:
@@ -90,7 +96,8 @@ def select_layers(model: nn.Module, config: QuantizationConfig, targets, ignore)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             layers = select_weights(model, targets, ignore, names_for=names_for,
-                                    technique=f"{config.mode} quantization")
+                                    technique=f"{config.mode} quantization",
+                                    supported=sorted(c.__name__ for c in supported))
         for w in caught:
             if "whose weights it does not know" not in str(w.message):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -157,6 +164,10 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list, *,
         cfg = config.for_layer(mname, module)
         w = raw_tensor(module, tname)
         group_size = cfg.group_size if w.dim() == 2 else None
+        if (cfg.per_channel and group_size is None
+                and not _overridden(config, mname, module, "per_channel")
+                and _shared_per_tensor(module, tname, cfg)):
+            cfg = dataclasses.replace(cfg, per_channel=False, overrides={})
         if group_size is not None and w.shape[1] % group_size:
             raise ValueError(
                 f"{mname}.{tname} has {w.shape[1]} inputs, not a multiple of group_size="
@@ -189,6 +200,39 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list, *,
         for owner in sorted(info.block_outputs):
             attach(get_module(model, owner), None,
                    act_cls(config, qat=qat, freeze_step=freeze, group=group))
+
+
+def _overridden(config, name: str, module, field: str) -> bool:
+    """Whether a per-layer override of ``config`` sets ``field`` for layer ``name``."""
+    from slimkit.core.selection import matches
+
+    return any(field in fields and matches(name, module, pattern)
+               for pattern, fields in config.overrides.items())
+
+
+def _shared_per_tensor(module: nn.Module, tname: str, cfg) -> bool:
+    """Whether the weight entering the quant stage shares its values across the whole tensor,
+    so that one scale per tensor keeps them (one integer per shared value) where one per
+    channel would split each shared value into up to one integer per channel.
+
+    True for a weight under a per-tensor value-sharing stage (a clustering codebook: a
+    parametrization reporting ``used_values()`` with ``per_channel`` False), and for a weight
+    that already lies exactly on the per-tensor grid (a model stripped after per-tensor
+    quantization, being re-quantized for export: the per-tensor scale gives back the same
+    integers, a per-channel one would not).
+    """
+    stages = getattr(getattr(module, "parametrizations", None), tname, None)
+    for p in stages or []:
+        if callable(getattr(p, "used_values", None)) and getattr(p, "per_channel", True) is False:
+            return True
+    with torch.no_grad():
+        w = getattr(module, tname).detach().float()
+        hi = 2 ** (cfg.weight_bits - 1) - 1
+        amax = float(w.abs().max()) if w.numel() else 0.0
+        if amax == 0.0:
+            return False
+        r = w * (hi / amax)
+        return bool((r - r.round()).abs().max() < 1e-3)
 
 
 def _weight_fake_quant(config, cfg, group_size, freeze, group, w):
