@@ -194,3 +194,36 @@ def test_checkpoint_of_another_search_is_refused(searched):
 def test_proxy_needs_calibration():
     with pytest.raises(SearchError, match="needs calibration"):
         sk.sensitivity(make_model(), sk.ClusteringConfig(16), progress=False)
+
+
+def test_train_fn_runs_after_every_stage_of_every_candidate():
+    calls = []
+    res = _run(train_fn=lambda model: calls.append(type(model).__name__), max_candidates=2)
+    built = sum(len(c["stages"]) for c in res.candidates)
+    # every measured candidate, once per technique it applies, plus the rebuilt best model
+    assert len(calls) == built + len(res.best["stages"])
+
+
+def test_latency_objective_measures_the_artifact():
+    res = _run(objective="latency", batch_size=32, latency_runs=3, max_candidates=2)
+    assert all(c["latency_ms"] > 0 and c["cost"] == c["latency_ms"] for c in res.candidates)
+    assert res.best["meets"] and res.best["cost"] <= res.best_uniform()["cost"]
+
+
+def test_check_fn_gates_the_answer():
+    model, x = make_model(), inputs()
+    held = inputs(256, seed=7)
+    ev, strict = agreement_eval(model, x), agreement_eval(model, held)
+    res = _run(ev, check_fn=strict)
+    assert res.best["checked"] and res.best["check_drop"] <= 0.02
+    # a gate nothing passes: refused, naming the closest. The gate measures the fp32
+    # artifact first; every later (compressed) artifact "loses" 0.5 on it.
+    calls = []
+
+    def harsh(predict):
+        calls.append(1)
+        return strict(predict) - (0.0 if len(calls) == 1 else 0.5)
+
+    with pytest.raises(BudgetError, match="also keeps it on check_fn") as info:
+        _run(ev, check_fn=harsh)
+    assert info.value.best["check_drop"] == pytest.approx(0.5, abs=0.05)

@@ -10,8 +10,8 @@ Example:
     >>> res.write_report("optimize-report")
 """
 
-from slimkit.search.optimize import BudgetError, OptimizeResult, optimize
-from slimkit.search.sensitivity import SensitivityResult, sensitivity
+from slimkit.search.optimizer import BudgetError, OptimizeResult, optimize
+from slimkit.search.sensitivity_pass import SensitivityResult, sensitivity
 from slimkit.search.space import SearchError, SearchSpace, apply_stages, plan_stages
 
 __all__ = [

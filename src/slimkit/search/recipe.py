@@ -127,7 +127,7 @@ def run_optimize_recipe(path: str | Path, out: str | Path | None = None, *,
                         console: Console | None = None, progress: bool = True):
     """Train (or load) the recipe's baseline, run ``sk.optimize``, write the outputs."""
     from slimkit.export import export_onnx
-    from slimkit.search.optimize import optimize
+    from slimkit.search.optimizer import optimize
 
     console = console or Console()
     recipe, options = load_optimize_recipe(path)

@@ -39,7 +39,7 @@ from slimkit.core.io import atomic_path
 from slimkit.search.checkpoint import Checkpoint, fingerprint, model_digest
 from slimkit.search.measure import layer_macs, measure_artifact
 from slimkit.search.pareto import choose_plans, pareto_front
-from slimkit.search.sensitivity import SensitivityResult, measure_sensitivity
+from slimkit.search.sensitivity_pass import SensitivityResult, measure_sensitivity
 from slimkit.search.space import (
     OFF,
     SearchError,
@@ -160,7 +160,7 @@ def optimize(model: nn.Module, eval_fn: Callable, *, max_drop: float,
              calibration=None, levels: dict | None = None, groups=None, targets=None,
              ignore=None, metric: str | None = None, relative: bool = False,
              proxy: str = "output_error", sensitivity_eval: bool = False,
-             time_budget_s: float | None = None, train_fn: Callable | None = None,
+             check_fn: Callable | None = None, time_budget_s: float | None = None, train_fn: Callable | None = None,
              checkpoint: str | Path | None = None, seed: int = 0,
              batch_size: int | None = None, threads: int = 2, latency_runs: int = 50,
              max_candidates: int = 12, uniform: bool = True, max_settings: int = 256,
@@ -177,7 +177,11 @@ def optimize(model: nn.Module, eval_fn: Callable, *, max_drop: float,
     declare knobs, applied in that order (prune -> cluster -> quantize); ``levels``,
     ``groups``, ``targets``, ``ignore`` as in :func:`slimkit.sensitivity`. ``calibration``
     feeds the proxy and the techniques that calibrate. ``train_fn(model)``, when given,
-    fine-tunes every candidate after each technique is applied. ``time_budget_s`` bounds the
+    fine-tunes every candidate after each technique is applied. ``check_fn`` (the same form
+    as ``eval_fn``, on other data: a held-out validation set) is a final gate: the cheapest
+    candidate within the budget on ``eval_fn`` that also keeps its ``check_fn`` drop within
+    the budget is returned, so a candidate that passed by the luck of a small evaluation set
+    is not. ``time_budget_s`` bounds the
     search (it stops measuring new candidates when the next would not fit; a budget too small
     for one candidate is an error); ``checkpoint`` (a JSON path) makes it resumable.
 
@@ -212,6 +216,7 @@ def optimize(model: nn.Module, eval_fn: Callable, *, max_drop: float,
         "relative": relative, "metric": metric, "proxy": proxy, "seed": seed,
         "sensitivity_eval": sensitivity_eval, "uniform": uniform, "batch_size": batch_size,
         "train": train_fn is not None, "model": model_digest(model),
+        "check": check_fn is not None,
         "max_candidates": max_candidates,
     })
     ck = Checkpoint.open(checkpoint, print_)
@@ -318,7 +323,11 @@ def optimize(model: nn.Module, eval_fn: Callable, *, max_drop: float,
             f"no compressed candidate keeps the metric within max_drop={max_drop:g} "
             f"(allowed drop {allowed:g} from fp32 {m0:.4f}) among {len(candidates)} measured; "
             f"{where}", closest)
-    best = min(meeting, key=_rank)
+    if check_fn is not None:
+        best = _gate(meeting, ck, check_fn, model, example_inputs, calibration, train_fn, seed,
+                     measure_kw, max_drop, relative, candidates, objective)
+    else:
+        best = min(meeting, key=_rank)
     stages = stages_from_dicts(best["stages"])
     best_model = build(model, stages, calibration=calibration, train_fn=train_fn, seed=seed)
     front = pareto_front([baseline, *candidates], cost="cost", metric="metric")
@@ -361,6 +370,34 @@ def _cost(row: dict, objective: str) -> float:
         raise SearchError("latency was not measured (latency_runs=0?); objective='latency' "
                           "needs latency_runs >= 1")
     return float(row["latency_ms"])
+
+
+def _gate(meeting, ck, check_fn, model, example_inputs, calibration, train_fn, seed,
+          measure_kw, max_drop, relative, candidates, objective) -> dict:
+    """The cheapest candidate within the budget that also meets it on ``check_fn``."""
+    def checked(key: str, stages) -> float:
+        if key not in ck.candidates:
+            built = model if not stages else build(model, stages_from_dicts(stages),
+                                                   calibration=calibration,
+                                                   train_fn=train_fn, seed=seed)
+            row = measure_artifact(built, example_inputs, check_fn, **measure_kw)
+            ck.put_candidate(key, row)
+        return ck.candidates[key]["metric"]
+
+    base = checked("check:fp32", [])
+    allowed = max_drop * abs(base) if relative else max_drop
+    for cand in sorted(meeting, key=_rank):
+        cand["check_metric"] = checked("check:" + cand["key"], cand["stages"])
+        cand["check_drop"] = base - cand["check_metric"]
+        if cand["check_drop"] <= allowed + 1e-12:
+            cand["checked"] = True
+            return cand
+    closest = min(meeting, key=lambda c: c["check_drop"])
+    raise BudgetError(
+        f"none of the {len(meeting)} candidates within max_drop={max_drop:g} on eval_fn also "
+        f"keeps it on check_fn (fp32 {base:.4f}); the best reachable was {closest['label']!r}: "
+        f"check drop {closest['check_drop']:+.4f}, {_fmt_cost(closest['cost'], objective)} "
+        f"{'zipped KiB' if objective == 'size' else 'ms'}", closest)
 
 
 def _finish_row(row: dict, m0: float, allowed: float, objective: str) -> None:
