@@ -27,7 +27,7 @@ def test_step_count_lives_in_buffers_and_masks_change_only_on_update_steps(seede
                                               for a, b in zip(history[s - 1], history[s]))]
     # Updates at 4 and 8 (frequency) and at end_step 10 (so the final sparsity is reached).
     assert changed == [4, 8, 10]
-    final = 1 - torch.cat([m.flatten() for m in history[-1]]).mean()
+    final = 1 - torch.cat([m.flatten() for m in history[-1]]).float().mean()
     assert float(final) == pytest.approx(0.8, abs=0.01)
 
 
