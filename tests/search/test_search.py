@@ -227,3 +227,13 @@ def test_check_fn_gates_the_answer():
     with pytest.raises(BudgetError, match="also keeps it on check_fn") as info:
         _run(ev, check_fn=harsh)
     assert info.value.best["check_drop"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_setting_that_fails_is_skipped_and_reported():
+    # 1000 clusters: more than the last layer's 512 weights, refused there (and uniformly)
+    res = _run(levels={"weight-clustering": {"clusters": [16, 1000]}}, max_candidates=2)
+    assert res.failed and any("clusters=1000" in f["label"] for f in res.failed)
+    assert any("failed" in n for n in res.notes)
+    bad = [r for r in res.sensitivity.rows if r.get("failed")]
+    assert bad and all(r["score"] is None for r in bad)
+    assert "4=weight-clustering:clusters=1000" not in res.best["label"]

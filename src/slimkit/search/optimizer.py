@@ -85,6 +85,7 @@ class OptimizeResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     resumed: bool = False
+    failed: list[dict] = field(default_factory=list)
 
     def apply(self, model: nn.Module, *, calibration=None, train_fn=None) -> nn.Module:
         """Apply the best plan to ``model`` in place (the same stages the search measured)."""
@@ -122,7 +123,7 @@ class OptimizeResult:
             "allowed_drop": self.allowed_drop, "seconds": self.seconds, "notes": self.notes,
             "resumed": self.resumed, "baseline": self.baseline, "best": self.best,
             "best_uniform": self.best_uniform(), "front": [c["id"] for c in self.front],
-            "candidates": self.candidates,
+            "candidates": self.candidates, "failed": self.failed,
             "sensitivity": self.sensitivity.to_dict() if self.sensitivity else None,
         }
 
@@ -243,6 +244,7 @@ def optimize(model: nn.Module, eval_fn: Callable, *, max_drop: float,
     console.print(f"[bold]fp32[/bold]: metric {m0:.4f}, {_fmt_cost(baseline['cost'], objective)}"
                   f" {'zipped KiB' if objective == 'size' else 'ms'}")
     candidates: list[dict] = []
+    failed: list[dict] = []
     notes: list[str] = []
     per_candidate = [baseline["seconds"]]
 
@@ -257,8 +259,16 @@ def optimize(model: nn.Module, eval_fn: Callable, *, max_drop: float,
                     return None
             t0 = time.perf_counter()
             stages = plan_stages(space, plan)
-            cand = build(model, stages, calibration=calibration, train_fn=train_fn, seed=seed)
-            row = measure_artifact(cand, example_inputs, eval_fn, **measure_kw)
+            try:
+                cand = build(model, stages, calibration=calibration, train_fn=train_fn,
+                             seed=seed)
+                row = measure_artifact(cand, example_inputs, eval_fn, **measure_kw)
+            except SearchError:
+                raise
+            except Exception as e:
+                # A candidate the techniques or the exporter refuse (e.g. an artifact that
+                # fails ONNX Runtime validation) is reported and skipped, not fatal.
+                row = {"failed": f"{type(e).__name__}: {str(e)[:400]}"}
             row.update(kind=kind, label=label, plan={k: list(v) for k, v in plan.items()},
                        stages=stages_to_dicts(stages))
             if estimate is not None:
@@ -266,6 +276,12 @@ def optimize(model: nn.Module, eval_fn: Callable, *, max_drop: float,
             row["seconds"] = time.perf_counter() - t0
             per_candidate.append(row["seconds"])
             ck.put_candidate(key, row)
+        if row.get("failed"):
+            if not any(f["key"] == key for f in failed):
+                row.update(key=key, meets=False)
+                failed.append(row)
+                console.print(f"  --- {kind:<8} failed: {_clip(row['failed'], 90)}")
+            return next(f for f in failed if f["key"] == key)
         if any(c["key"] == key for c in candidates):
             return next(c for c in candidates if c["key"] == key)
         row.update(key=key, id=len(candidates) + 1, cost=_cost(row, objective))
@@ -311,6 +327,9 @@ def optimize(model: nn.Module, eval_fn: Callable, *, max_drop: float,
         notes.append("the time budget ended the search before every planned candidate "
                          "was measured")
 
+    if failed:
+        notes.append(f"{len(failed)} candidate(s) failed to build or export and were skipped: "
+                     + "; ".join(f"{f['label']}: {f['failed'][:160]}" for f in failed[:3]))
     # 5. the answer
     meeting = [c for c in candidates if c["meets"]]
     if not meeting:
@@ -333,7 +352,8 @@ def optimize(model: nn.Module, eval_fn: Callable, *, max_drop: float,
     front = pareto_front([baseline, *candidates], cost="cost", metric="metric")
     return OptimizeResult(best_model, stages, best, baseline, candidates,
                           [c for c in front if c["kind"] != "baseline"], sens, objective,
-                          max_drop, allowed, time.perf_counter() - start, notes, ck.resumed)
+                          max_drop, allowed, time.perf_counter() - start, notes, ck.resumed,
+                          failed)
 
 
 # -- internals -----------------------------------------------------------------------------
@@ -420,7 +440,7 @@ def _options(space, sens: SensitivityResult, baseline, candidates, model, exampl
         for unit in space.units:
             opts = [(off, float(fp32[unit.name]), 0.0)]
             for r in sens.rows:
-                if r["unit"] == unit.name:
+                if r["unit"] == unit.name and not r.get("failed"):
                     opts.append((tuple(r["setting"]), float(r["bytes"]), float(r["score"])))
             options[unit.name] = opts
         return options
@@ -439,7 +459,7 @@ def _options(space, sens: SensitivityResult, baseline, candidates, model, exampl
         share = baseline["cost"] * sum(macs[n] for n in unit.layers) / total
         opts = [(off, share, 0.0)]
         for r in sens.rows:
-            if r["unit"] == unit.name:
+            if r["unit"] == unit.name and not r.get("failed"):
                 factor = 1.0
                 for k, v in enumerate(r["setting"]):
                     if v != OFF:

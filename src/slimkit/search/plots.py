@@ -25,7 +25,7 @@ def sensitivity_plot(sens, path: str | Path) -> Path:
     plt = _pyplot()
     labels = sens.labels()
     units = [u["name"] for u in sens.units]
-    by = {(r["unit"], r["label"]): r["score"] for r in sens.rows}
+    by = {(r["unit"], r["label"]): r["score"] for r in sens.rows if r.get("score") is not None}
     # many settings (combinations): show the single-technique ones, which read as a legend
     if len(labels) > 12:
         labels = [lab for lab in labels if " + " not in lab][:12]

@@ -58,7 +58,8 @@ class SensitivityResult:
     baseline: dict = field(default_factory=dict)
     seconds: float = 0.0
 
-    def score(self, unit: str, setting: Setting) -> float:
+    def score(self, unit: str, setting: Setting) -> float | None:
+        """The score of ``unit`` at ``setting`` (None: the setting failed on that unit)."""
         return self._index()[(unit, tuple(setting))]["score"]
 
     def row(self, unit: str, setting: Setting) -> dict:
@@ -91,7 +92,8 @@ class SensitivityResult:
             cells = []
             for label in labels:
                 r = by.get((u["name"], label))
-                cells.append("" if r is None else _fmt(r["score"], self.kind))
+                cells.append("" if r is None else "failed" if r.get("failed")
+                             else _fmt(r["score"], self.kind))
             t.add_row(u["name"], f"{u['weights']:,}", *cells)
         return t
 
@@ -188,15 +190,22 @@ def measure_sensitivity(model: nn.Module, space: SearchSpace, *, eval_fn=None, m
             bar.update(task, description=f"{unit.name}: {space.label(setting)}")
             plan = {u.name: off for u in space.units}
             plan[unit.name] = setting
-            candidate = build(model, plan_stages(space, plan), calibration=calibration,
-                              seed=seed)
-            row = {"unit": unit.name, "setting": list(setting), "label": space.label(setting),
-                   "bytes": _unit_bytes(candidate, unit.layers)}
-            if eval_fn is not None:
-                row["metric"] = call_metric(eval_fn, torch_predict(candidate), metric)
-                row["score"] = baseline["metric"] - row["metric"]
-            else:
-                row["score"] = output_error(candidate, batches, reference)
+            row = {"unit": unit.name, "setting": list(setting), "label": space.label(setting)}
+            try:
+                candidate = build(model, plan_stages(space, plan), calibration=calibration,
+                                  seed=seed)
+            except Exception as e:
+                # a setting a technique refuses on this unit (too many clusters for a small
+                # layer, ...): recorded, never chosen
+                row.update(failed=f"{type(e).__name__}: {str(e)[:300]}", score=None, bytes=None)
+                candidate = None
+            if candidate is not None:
+                row["bytes"] = _unit_bytes(candidate, unit.layers)
+                if eval_fn is not None:
+                    row["metric"] = call_metric(eval_fn, torch_predict(candidate), metric)
+                    row["score"] = baseline["metric"] - row["metric"]
+                else:
+                    row["score"] = output_error(candidate, batches, reference)
             rows.append(row)
             if on_row is not None:
                 on_row(row)
