@@ -24,7 +24,6 @@ import numpy as np
 import torch.nn as nn
 
 from slimkit.core.parametrize import get_module
-from slimkit.export.pipeline import drop_debug_metadata
 from slimkit.storage.intcodes import IntCodes, int_initializer
 from slimkit.techniques.quantization.activation import (
     INPUT,
@@ -162,9 +161,6 @@ def post_export(proto, ctx):
             "they stay float in the file", stacklevel=3)
     _merge_duplicate_qdq(graph)
     _drop_noop_relus(graph)
-    # The exporter annotates every node with torch stack traces: ~1 KB per Q/DQ node, a fifth
-    # of a small int8 file. They are debugging aids, not part of the model.
-    drop_debug_metadata(proto)
     if int4:
         # INT4 initializers and blocked DequantizeLinear need opset 21; from opset 20 to 21
         # only type support changed, so raising it is safe.
@@ -239,8 +235,9 @@ def _holds(init, baked: np.ndarray) -> bool:
 
     if tuple(init.dims) != baked.shape or init.data_type != 1:
         return False
-    if init.raw_data:
-        return init.raw_data == np.ascontiguousarray(baked, dtype="<f4").tobytes()
+    if init.raw_data and init.raw_data == np.ascontiguousarray(baked, dtype="<f4").tobytes():
+        return True
+    # By value: strip writes +0.0 where the pruning mask is (the fake-quant may give -0.0).
     return np.array_equal(numpy_helper.to_array(init), baked)
 
 

@@ -62,6 +62,18 @@ def weight_scale(w: torch.Tensor, bits: int, per_channel: bool, group_size: int 
     return torch.where(amax > 0, amax / hi, torch.ones_like(amax)).float()
 
 
+def on_tensor_grid(w: torch.Tensor, bits: int, narrow: bool) -> bool:
+    """Whether ``w`` is exactly ``integers * max|w| / qmax`` (one symmetric per-tensor grid)."""
+    if w.dim() < 2 or not w.numel():
+        return False
+    _, hi = weight_range(bits, narrow)
+    amax = w.detach().abs().amax()
+    if not bool(amax > 0):
+        return False
+    r = w.detach() * (hi / amax)
+    return bool((r - r.round()).abs().amax() < 1e-3)
+
+
 def quantize_weight(w: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None,
                     narrow: bool) -> torch.Tensor:
     """The integers of ``w`` on the grid of ``scale`` (as a float tensor)."""
@@ -130,6 +142,12 @@ class WeightFakeQuant(SlimParametrization):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def scale(self, w: torch.Tensor) -> torch.Tensor:
+        if (self.per_channel and self.group_size is None and not torch.is_grad_enabled()
+                and on_tensor_grid(w, self.bits, self.narrow)):
+            # Baked on one scale per tensor (quantized after per-tensor clustering, then
+            # stripped): that scale gives back exactly these integers, per-channel ones would
+            # not. Checked outside autograd only (export, strip, load), never in a QAT step.
+            return weight_scale(w, self.bits, False, None, self.narrow)
         return weight_scale(w, self.bits, self.per_channel, self.group_size, self.narrow)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:

@@ -166,7 +166,7 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list, *,
         group_size = cfg.group_size if w.dim() == 2 else None
         if (cfg.per_channel and group_size is None
                 and not _overridden(config, mname, module, "per_channel")
-                and _shared_per_tensor(module, tname, cfg)):
+                and _shared_per_tensor(module, tname)):
             cfg = dataclasses.replace(cfg, per_channel=False, overrides={})
         if group_size is not None and w.shape[1] % group_size:
             raise ValueError(
@@ -210,29 +210,19 @@ def _overridden(config, name: str, module, field: str) -> bool:
                for pattern, fields in config.overrides.items())
 
 
-def _shared_per_tensor(module: nn.Module, tname: str, cfg) -> bool:
+def _shared_per_tensor(module: nn.Module, tname: str) -> bool:
     """Whether the weight entering the quant stage shares its values across the whole tensor,
     so that one scale per tensor keeps them (one integer per shared value) where one per
     channel would split each shared value into up to one integer per channel.
 
     True for a weight under a per-tensor value-sharing stage (a clustering codebook: a
-    parametrization reporting ``used_values()`` with ``per_channel`` False), and for a weight
-    that already lies exactly on the per-tensor grid (a model stripped after per-tensor
-    quantization, being re-quantized for export: the per-tensor scale gives back the same
-    integers, a per-channel one would not).
+    parametrization reporting ``used_values()`` with ``per_channel`` False). A weight baked
+    on a per-tensor grid (a stripped model re-quantized for export, a packed file replayed)
+    is recognised by :class:`WeightFakeQuant` itself.
     """
     stages = getattr(getattr(module, "parametrizations", None), tname, None)
-    for p in stages or []:
-        if callable(getattr(p, "used_values", None)) and getattr(p, "per_channel", True) is False:
-            return True
-    with torch.no_grad():
-        w = getattr(module, tname).detach().float()
-        hi = 2 ** (cfg.weight_bits - 1) - 1
-        amax = float(w.abs().max()) if w.numel() else 0.0
-        if amax == 0.0:
-            return False
-        r = w * (hi / amax)
-        return bool((r - r.round()).abs().max() < 1e-3)
+    return any(callable(getattr(p, "used_values", None)) and getattr(p, "per_channel", True)
+               is False for p in stages or [])
 
 
 def _weight_fake_quant(config, cfg, group_size, freeze, group, w):
