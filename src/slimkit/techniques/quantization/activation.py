@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -111,7 +113,18 @@ class ActivationQuantizer(SlimState, nn.Module):
         return qmax - qmin + 1
 
     def qparams(self) -> tuple[float, int]:
-        return qparams(float(self.lo), float(self.hi), self.dtype, self.symmetric)
+        lo, hi = float(self.lo), float(self.hi)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            # Not "cannot convert float NaN to integer" from deep inside the zero point.
+            raise FloatingPointError(
+                f"slimkit: an activation quantizer's range became [{lo}, {hi}] after "
+                f"{int(self.step)} step(s): the activations it observes are not finite, so "
+                "training (or the calibration data) diverged. Under QAT this usually means the "
+                "learning rate is too high for the model with fake quantization: lower it, "
+                "clip gradients, or freeze the observers earlier "
+                "(QATConfig.freeze_observers_step)"
+            )
+        return qparams(lo, hi, self.dtype, self.symmetric)
 
     def start_calibration(self) -> None:
         self.observer = make_observer(self.observer_name, self.percentile, self.averaging_constant)
