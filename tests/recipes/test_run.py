@@ -78,6 +78,7 @@ def check_outputs(out: Path, stages: list[str]) -> dict:
     assert report["stages"][-1]["metrics"] == report["final"]["metrics"]
     md = (out / "report.md").read_text()
     assert all(f"| {s} |" in md for s in stages) and "![stages.png](stages.png)" in md
+    assert "zipped size (above 1: the artifact is smaller)" in md   # not raw keys
     return report
 
 
