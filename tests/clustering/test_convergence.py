@@ -29,7 +29,8 @@ def test_digits_clustered_to_16_values_keeps_accuracy_in_onnx_runtime(baseline, 
     assert small.metrics["accuracy"] == acc  # the compact file computes the same
     assert base.compare(clustered)["zipped_bytes"] >= 4.0  # measured 4.9x (seed 0)
     assert zipped_size(base_path) / zipped_size(compact) >= 5.3  # measured 6.1x
-    assert base.raw_bytes / small.raw_bytes == pytest.approx(3.77, abs=0.05)
+    # Both files without the exporter's node debug metadata (dropped by default): 3.87x.
+    assert base.raw_bytes / small.raw_bytes == pytest.approx(3.87, abs=0.05)
 
     kernels = [numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer
                if len(t.dims) >= 2]
