@@ -83,7 +83,7 @@ SUBPACKAGES = {
     "authoring": "slimkit.authoring",
     "storage": "slimkit.storage",
     **{name: f"slimkit.{name}" for name in
-       ("export", "metrics", "core", "recipes", "integrations", "testing")},
+       ("export", "metrics", "core", "recipes", "integrations", "testing", "search")},
 }
 
 
