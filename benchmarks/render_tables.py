@@ -337,6 +337,30 @@ def collaborative_digits(data: dict, ref: dict) -> str:
             + "\n" + source_line("collaborative_digits", data, note.strip()))
 
 
+def scale(data: dict, ref: dict) -> str:
+    """benchmarks/scale.py: seconds (peak RSS) per phase and model, then the goal checks."""
+    phases = ["prepare", "step", "save", "load", "export", "strip"]
+    rows = []
+    for r in data["rows"]:
+        if "error" in r:
+            rows.append([r["model"], r["technique"], r["error"]] + [""] * len(phases))
+            continue
+        ratio = r.get("tensor_ratio")
+        tensors = f"{num(r['plain_tensor_mb'], 0)} MB" + (f" ({x(ratio)})" if ratio else "")
+        cells = [f"{num(r[p]['s'], 1)} s ({num(r[p]['peak_mb'], 0)} MB)" if p in r else "—"
+                 for p in phases]
+        rows.append([r["model"], r["technique"], tensors, *cells])
+    machine = data.get("machine", {})
+    load = f", 1-minute load {num(machine['load_1min'], 1)}" if "load_1min" in machine else ""
+    out = (f"Seconds (peak RSS) per phase, a fresh process per row, on {machine.get('cpus', '?')} "
+           f"cores{load}; tensors: the plain model's parameter and buffer bytes (x: the "
+           "prepared model's over the plain one's).\n\n"
+           + table(["model", "technique", "tensors", *phases], rows))
+    if data.get("goal_checks"):
+        out += "\n" + "\n".join(f"- {line}" for line in data["goal_checks"]) + "\n"
+    return out + "\n" + source_line("scale", data)
+
+
 def generic(name: str, data: dict) -> str:
     """A table for a results file without a dedicated renderer: its summary or its rows."""
     if isinstance(data.get("summary"), dict):
@@ -383,6 +407,7 @@ RENDERERS: dict[str, Callable[[dict, dict], str]] = {
     "quant_digits": quant_digits,
     "quant_vs_ort": quant_vs_ort,
     "collaborative_digits": collaborative_digits,
+    "scale": scale,
 }
 
 

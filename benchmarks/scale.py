@@ -249,7 +249,9 @@ def main() -> None:
     for line in goals:
         console.print(line)
     if args.out:
-        payload = {"rows": rows, "goals": GOALS, "goal_checks": goals,
+        import torch
+
+        payload = {"rows": rows, "goals": GOALS, "goal_checks": goals, "torch": torch.__version__,
                    "machine": {"cpus": os.cpu_count(), "load_1min": os.getloadavg()[0]}}
         args.out.write_text(json.dumps(payload, indent=2))
 
