@@ -59,16 +59,19 @@ class ExportContext:
     keep_metadata: bool = False
     quantized: object = None
 
-    def expect_quantized(self, output_step: float = 0.0) -> None:
+    def expect_quantized(self, output_step: float = 0.0, rel_rms: float = 0.03) -> None:
         """Judge the file as a quantized one (unless the caller set a tolerance): the RMS of
-        ``ort - torch`` within a share of the output's RMS or a few ``output_step``, top-1
-        kept where torch's lead is clear. See :mod:`slimkit.export.validation`."""
+        ``ort - torch`` within ``rel_rms`` of the output's RMS or a few ``output_step``, top-1
+        kept where torch's lead is clear. Called by several techniques, the widest holds.
+        See :mod:`slimkit.export.validation`."""
         from slimkit.export.validation import QuantizedCheck
 
         if self.user_tolerance:
             return
-        step = max(output_step, self.quantized.output_step if self.quantized else 0.0)
-        self.quantized = QuantizedCheck(output_step=step)
+        if self.quantized is not None:
+            output_step = max(output_step, self.quantized.output_step)
+            rel_rms = max(rel_rms, self.quantized.rel_rms)
+        self.quantized = QuantizedCheck(rel_rms=rel_rms, output_step=output_step)
 
     def suggest_tolerance(self, atol: float, rtol: float) -> None:
         """Widen the validation tolerance to at least ``atol`` / ``rtol`` (unless user-set)."""

@@ -111,8 +111,12 @@ def pre_export(model: nn.Module, ctx) -> None:
     # Int8 kernels (and ORT's DequantizeLinear + MatMul -> MatMulNBits fusion, which quantizes
     # the activations per block) differ from the torch simulation by rounding flips that add
     # up over the layers: judge the file by its error against the output and the step.
-    ctx.expect_quantized()
-    if any(w["dynamic"] for w in weights.values()):
+    dynamic = any(w["dynamic"] for w in weights.values())
+    # Dynamic int8 quantizes each activation tensor with its own run-time range: on
+    # all-MiniLM-L6-v2 the artifact and the torch simulation differ by 8% of the output RMS
+    # (cosine 0.9967, each within 0.99 of fp32); static and weight-only files stay under 1%.
+    ctx.expect_quantized(rel_rms=0.12 if dynamic else 0.03)
+    if dynamic:
         # ORT's DynamicQuantizeLinear and the torch simulation agree up to float summation
         # order, which can flip a rounding: a few activation steps at the output.
         ctx.suggest_tolerance(5e-2, 5e-2)
