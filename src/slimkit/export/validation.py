@@ -12,7 +12,7 @@ Two criteria, chosen by what the deployed arithmetic is:
   level 4). What matters is the size of the error against the output and against the
   quantization step: an output passes when the root-mean-square of ``ort - torch`` is at most
   ``max(rel_rms * rms(torch), steps * output step)`` and every row whose torch top-1 leads by
-  more than that bound keeps its top-1. A real mismatch (a BatchNorm folded into a weight
+  more than eight such bounds keeps its top-1. A real mismatch (a BatchNorm folded into a weight
   but not into its bias: 14% RMS error) is far outside it.
 
 When a file fails, :func:`diagnose_layers` runs the file again with the intermediate values
@@ -144,7 +144,9 @@ def judge(outs: list, refs: list, names: list[str], *, atol: float, rtol: float,
                                   f"diff {f.max_abs:.4g} exceeds atol={atol} + rtol={rtol}*|torch|",
                            f.max_abs, name, verdict.figures)
         f.bound = quantized.bound(ref)
-        _top1(f, got, ref, 2.0 * f.bound)
+        # An element may move several RMS bounds (the max of many); two of them moving
+        # against each other by 4 bounds each is what correct rounding can do to a lead.
+        _top1(f, got, ref, 8.0 * f.bound)
         if f.rms > f.bound or f.top1_flips:
             rule = f"{100 * quantized.rel_rms:g}% of the output RMS"
             if quantized.output_step > 0:
@@ -155,7 +157,7 @@ def judge(outs: list, refs: list, names: list[str], *, atol: float, rtol: float,
                    f"({rule})"
                    if f.rms > f.bound else
                    f"{f.top1_flips} row(s) changed their top-1 class although torch's lead "
-                   f"exceeded {2 * f.bound:.4g}")
+                   f"exceeded {8 * f.bound:.4g}")
             return Verdict(False, f"ONNX Runtime output {name!r} differs from the torch "
                                   f"fake-quant model: {why}; max abs diff {f.max_abs:.4g}, "
                                   f"cosine {f.cosine:.5f}, top-1 agreement {f.top1:.3f}",
@@ -208,22 +210,31 @@ def diagnose_layers(model: nn.Module, proto, inputs, *, rows: int = 2,
     """
     import onnx
 
-    from slimkit.core.batch import call_model, input_tensors
+    from slimkit.core.batch import call_model, flatten_outputs, input_tensors
 
     small = _first_rows(inputs, rows)
     captured: list[tuple[str, np.ndarray]] = []
+    probes: list[torch.Tensor] = []
     hooks = []
     for name, m in _leaf_layers(model):
         def hook(_m, _args, out, name=name):
             if isinstance(out, torch.Tensor) and out.is_floating_point():
                 captured.append((name, out.detach().float().numpy().copy()))
+                # A zero probe: its gradient says whether this output reaches the model's
+                # outputs (a pooler the model never returns has no counterpart in the file).
+                probe = torch.zeros_like(out, requires_grad=True)
+                probes.append(probe)
+                return out + probe
+            return None
         hooks.append(m.register_forward_hook(hook))
     try:
-        with torch.no_grad():
-            call_model(model, small)
+        with torch.enable_grad():
+            outs = flatten_outputs(call_model(model, small))
+        used = _reaching(outs, probes)
     finally:
         for h in hooks:
             h.remove()
+    captured = [c for c, keep in zip(captured, used) if keep]
     if not captured:
         return []
 
@@ -273,6 +284,23 @@ def diagnose_layers(model: nn.Module, proto, inputs, *, rows: int = 2,
         if best is not None:
             result.append(best)
     return result
+
+
+def _reaching(outs: list, probes: list) -> list[bool]:
+    """Which probes the outputs depend on (all, if autograd cannot tell)."""
+    floats = [o for o in outs if o.is_floating_point() and o.requires_grad]
+    if not floats or not probes:
+        return [True] * len(probes)
+    gen = torch.Generator().manual_seed(0)
+    loss = sum((o.float() * torch.randn(o.shape, generator=gen)).sum() for o in floats)
+    try:
+        grads = torch.autograd.grad(loss, probes, allow_unused=True)
+    except RuntimeError:
+        return [True] * len(probes)
+    used = [g is not None and bool(g.abs().sum() > 0) for g in grads]
+    # A quantize op cuts the autograd graph: trust "unused" only when the gradient reaches
+    # the first layer, i.e. the graph is whole.
+    return used if used[0] else [True] * len(probes)
 
 
 def describe_divergence(layers: list[LayerDivergence], threshold: float) -> str:
