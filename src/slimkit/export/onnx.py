@@ -216,6 +216,9 @@ def export_onnx(
     with atomic_path(path, suffix=".onnx") as tmp:
         # The proto was rewritten in memory: one write, then validation of exactly that file.
         data = save_proto(proto, tmp)
+        # The file holds it now: the in-memory copy (the size of the weights) would only add
+        # to the validation's peak, ONNX Runtime's session being the other copy.
+        del proto
         try:
             if validate:
                 validate_onnx(tmp, tensors, reference, atol=ctx.atol, rtol=ctx.rtol,
