@@ -338,7 +338,9 @@ def optimize(model: nn.Module, eval_fn: Callable, *, max_drop: float,
     meeting = [c for c in candidates if c["meets"]]
     if not meeting:
         closest = max(candidates, key=lambda c: (c["metric"], -c["cost"])) if candidates else None
-        where = ("no candidate was measured" if closest is None else
+        where = ((f"{len(failed)} candidate(s) failed to build or export (first: "
+                  f"{failed[0]['failed'][:200]})" if failed else "no candidate was measured")
+                 if closest is None else
                  f"the best reachable was {closest['label']!r}: metric {closest['metric']:.4f}, "
                  f"drop {closest['drop']:+.4f}, {_fmt_cost(closest['cost'], objective)} "
                  f"{'zipped KiB' if objective == 'size' else 'ms'}")
