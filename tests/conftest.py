@@ -59,6 +59,29 @@ def baseline(trained_digits):
     return copy.deepcopy(trained_digits)
 
 
+@pytest.fixture(scope="session")
+def digits_cnn(digits):
+    """The same baseline trained on one intra-op thread, once per session (the clustering,
+    accurate-quantization and distillation tests share it): on the shared 2-core machine two
+    threads measured ~40x slower per step under load. Session fixtures are built before the
+    function-scoped ``one_thread``, so it sets the thread count itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        set_seed(0)
+        model = DigitsCNN()
+        train(model, digits, epochs=20, lr=1e-3, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    return model
+
+
+@pytest.fixture
+def cnn(digits_cnn, one_thread):
+    """A fresh copy of ``digits_cnn``; the test runs on one thread."""
+    return copy.deepcopy(digits_cnn)
+
+
 @pytest.fixture
 def one_thread():
     """Run the test on one intra-op thread (folders that want it make it autouse).

@@ -3,14 +3,11 @@ adds its entry point), a small depthwise-separable net with BatchNorm and ReLU6.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn as nn
 
 from slimkit.core.registry import register
-from slimkit.examples import DigitsCNN, set_seed, train
 from slimkit.techniques.quantization.api import ADAROUND_TECHNIQUE
 
 register(ADAROUND_TECHNIQUE)
@@ -76,27 +73,6 @@ def data_bn(model: nn.Module, x: torch.Tensor, seed: int = 0, spread: float = 2.
     with torch.no_grad():
         model(x)
     return model.eval()
-
-
-@pytest.fixture(scope="package")
-def digits_cnn(digits):
-    """The digits CNN trained as the shared baseline is (20 epochs, Adam 1e-3, seed 0), on one
-    thread: on the shared 2-core machine two threads measured ~40x slower per step under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        set_seed(0)
-        model = DigitsCNN()
-        train(model, digits, epochs=20, lr=1e-3, seed=0)
-    finally:
-        torch.set_num_threads(threads)
-    return model
-
-
-@pytest.fixture
-def cnn(digits_cnn, one_thread):
-    """A fresh copy of the trained digits CNN; the test runs on one thread."""
-    return copy.deepcopy(digits_cnn)
 
 
 @pytest.fixture
