@@ -41,6 +41,7 @@ from slimkit.core.registry import register
 from slimkit.distill import Distillation
 from slimkit.examples import DigitsCNN, DigitsData, load_digits_data, set_seed, steps_per_epoch
 from slimkit.examples.digits import optimizer_step
+from slimkit.examples.models import InvertedResidual  # the same block as MobileNetV2Style's
 from slimkit.export import ort_session
 from slimkit.techniques.quantization import AdaRoundConfig
 from slimkit.techniques.quantization.api import ADAROUND_TECHNIQUE
@@ -50,24 +51,6 @@ register(ADAROUND_TECHNIQUE)  # until the entry point is added
 AIMET = {"model": "ResNet-18 ImageNet (AIMET model zoo, published)", "fp32": 69.68,
          "adaround_w4a8": 68.55}
 DISTILL = {"temperature": 4.0, "weight": 0.7, "cache_teacher": True}
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
-        super().__init__()
-        hidden = cin * expand
-        layers = []
-        if expand != 1:
-            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
-        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-                   nn.BatchNorm2d(hidden), nn.ReLU6(),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
-        self.block = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x):
-        y = self.block(x)
-        return x + y if self.residual else y
 
 
 class MobileNetV2Digits(nn.Module):

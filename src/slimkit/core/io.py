@@ -3,6 +3,7 @@
 Example:
     >>> with atomic_path("model.onnx") as tmp:
     ...     torch.onnx.export(model, x, tmp)     # raise here and model.onnx is untouched
+    >>> write_text("result.json", json.dumps(data))
 """
 
 from __future__ import annotations
@@ -44,3 +45,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (UTF-8); returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)

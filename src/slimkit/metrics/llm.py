@@ -143,10 +143,9 @@ class LLMReport:
         """JSON text; with ``path``, also written there atomically."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            from slimkit.core.io import atomic_path
+            from slimkit.core.io import write_text
 
-            with atomic_path(path) as tmp:
-                Path(tmp).write_text(text)
+            write_text(path, text)
         return text
 
     def figures(self) -> dict[str, float | None]:

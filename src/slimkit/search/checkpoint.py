@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from slimkit.core.io import atomic_path
+from slimkit.core.io import write_text
 from slimkit.search.space import SearchError
 
 FORMAT = 1
@@ -73,8 +73,7 @@ class Checkpoint:
             return
         data = {"format": FORMAT, "fingerprint": self.fingerprint, "baseline": self.baseline,
                 "sensitivity": self.sensitivity, "candidates": self.candidates}
-        with atomic_path(self.path) as tmp:
-            Path(tmp).write_text(json.dumps(data))
+        write_text(self.path, json.dumps(data))
 
     def put_baseline(self, row: dict) -> None:
         self.baseline = row

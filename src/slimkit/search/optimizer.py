@@ -35,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from slimkit.core.config import Config
-from slimkit.core.io import atomic_path
+from slimkit.core.io import write_text
 from slimkit.search.checkpoint import Checkpoint, fingerprint, model_digest
 from slimkit.search.measure import layer_macs, measure_artifact
 from slimkit.search.pareto import choose_plans, pareto_front
@@ -130,8 +130,7 @@ class OptimizeResult:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            with atomic_path(path) as tmp:
-                Path(tmp).write_text(text)
+            write_text(path, text)
         return text
 
     def plot(self, path: str | Path) -> Path:
@@ -151,8 +150,7 @@ class OptimizeResult:
             self.sensitivity.to_json(out / "sensitivity.json")
             self.sensitivity.plot(out / "sensitivity.png")
         path = out / "report.md"
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(_markdown(self))
+        write_text(path, _markdown(self))
         return path
 
 

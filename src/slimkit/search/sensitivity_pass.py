@@ -25,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from slimkit.core.config import Config
-from slimkit.core.io import atomic_path
+from slimkit.core.io import write_text
 from slimkit.core.parametrize import get_module
 from slimkit.search.measure import (
     as_batches,
@@ -114,8 +114,7 @@ class SensitivityResult:
         """The table as JSON; with ``path``, also written there (atomically)."""
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            with atomic_path(path) as tmp:
-                Path(tmp).write_text(text)
+            write_text(path, text)
         return text
 
     def plot(self, path: str | Path) -> Path:
