@@ -29,17 +29,29 @@ from slimkit.recipes.recipe import (
 )
 
 
+def shipped_yaml(package: str, folder: str) -> dict[str, Path]:
+    """``{name: path}`` of the ``.yaml`` files shipped in ``package``'s ``folder``."""
+    root = resources.files(package) / folder
+    found = {p.name[:-5]: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+    return dict(sorted(found.items()))
+
+
+def shipped_path(package: str, folder: str, name: str, what: str) -> Path:
+    """The shipped ``name`` (see :func:`shipped_yaml`); ``what`` names it in the error."""
+    files = shipped_yaml(package, folder)
+    if name not in files:
+        raise ValueError(f"unknown {what} {name!r}; shipped: {', '.join(files)}")
+    return files[name]
+
+
 def examples() -> list[str]:
     """Names of the example recipes shipped with slimkit."""
-    folder = resources.files("slimkit.recipes") / "examples"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return list(shipped_yaml("slimkit.recipes", "examples"))
 
 
 def example_path(name: str) -> Path:
     """The path of the shipped example recipe ``name`` (e.g. ``"pcqat"``)."""
-    if name not in examples():
-        raise ValueError(f"unknown example recipe {name!r}; shipped: {', '.join(examples())}")
-    return Path(str(resources.files("slimkit.recipes") / "examples" / f"{name}.yaml"))
+    return shipped_path("slimkit.recipes", "examples", name, "example recipe")
 
 
 def run_recipe(recipe, out_dir, **kwargs):

@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import copy
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import torch
 import yaml
 from rich.console import Console
 
+from slimkit.recipes import shipped_path, shipped_yaml
 from slimkit.recipes.recipe import RecipeError, parse_recipe
 from slimkit.recipes.tasks import build_task, load_weights
 
@@ -48,14 +48,12 @@ SEARCH_FIELDS = {
 
 def examples() -> list[str]:
     """Names of the optimize recipes shipped with slimkit."""
-    folder = resources.files("slimkit.search") / "recipes"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return list(shipped_yaml("slimkit.search", "recipes"))
 
 
 def example_path(name: str) -> Path:
-    if name not in examples():
-        raise ValueError(f"unknown optimize recipe {name!r}; shipped: {', '.join(examples())}")
-    return Path(str(resources.files("slimkit.search") / "recipes" / f"{name}.yaml"))
+    """The path of the shipped optimize recipe ``name``."""
+    return shipped_path("slimkit.search", "recipes", name, "optimize recipe")
 
 
 def load_optimize_recipe(path: str | Path) -> tuple[Any, dict]:
