@@ -287,10 +287,14 @@ def nncf_rows(fp32_path: Path, work: Path, results: dict, tok, calibration, args
             continue
         try:
             start = time.perf_counter()
-            # 576-wide layers: NNCF refuses g128 unless told to fall back; ADJUST picks a
-            # group size that divides them (slimkit pads a shorter last group instead)
+            # 576-wide layers: NNCF refuses g128 unless told to fall back; ADJUST gives them
+            # the largest power of two below 128 that divides 576, i.e. g64 (slimkit pads a
+            # shorter last group instead). NNCF 3.4 takes the option in its advanced
+            # parameters, not as a compress_weights argument.
+            advanced = nncf.AdvancedCompressionParameters(
+                group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST)
             kwargs = dict(mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128, ratio=1.0,
-                          group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST, **extra)
+                          advanced_parameters=advanced, **extra)
             if extra:
                 kwargs["dataset"] = nncf.Dataset(list(feeds()))
             compressed = nncf.compress_weights(onnx.load(str(fp32_path)), **kwargs)
@@ -299,7 +303,7 @@ def nncf_rows(fp32_path: Path, work: Path, results: dict, tok, calibration, args
             out.mkdir(parents=True, exist_ok=True)
             onnx.save(compressed, str(out / "model.onnx"))
             row = {"label": label, "tool": f"nncf {nncf.__version__}", "quantize_s": quant_s,
-                   "group_size_fallback_mode": "ADJUST",
+                   "group_size_fallback_mode": "ADJUST (g64 on the 576-wide layers)",
                    "calibration_sequences": len(calibration) if extra else 0,
                    "ops": nbits_summary(out / "model.onnx")}
             row.update(measure(out / "model.onnx", tok, args.heldout, args.eval_tokens,
@@ -453,6 +457,40 @@ def speed_rows(work: Path, results: dict, keys: list[str], rounds: int) -> None:
     put(results, "speed_paired", row)
 
 
+def hqq_speed_row(results: dict, repeats: int = 5) -> None:
+    """HQQ vs RTN time and squared error on one weight of each SmolLM2 MLP shape (random
+    normal, one thread, median of ``repeats``): what HQQ's solver costs per layer."""
+    from slimkit.techniques.weight_only.grid import dequantize
+    from slimkit.techniques.weight_only.hqq import hqq_optimize
+    from slimkit.techniques.weight_only.rtn import rtn
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    shapes = {}
+    try:
+        for out_f, in_f in ((576, 1536), (1536, 576)):
+            w = torch.randn(out_f, in_f, generator=torch.Generator().manual_seed(0)) * 0.05
+            for name, (bits, gs, sym) in {"int4_sym_g128": (4, 128, True),
+                                          "int4_asym_g32": (4, 32, False)}.items():
+                timings = {}
+                for algo, fn in (("rtn", rtn), ("hqq", hqq_optimize)):
+                    fn(w, bits, gs, sym)  # warm-up
+                    ts = []
+                    for _ in range(repeats):
+                        start = time.perf_counter()
+                        out = fn(w, bits, gs, sym)
+                        ts.append(time.perf_counter() - start)
+                    err = float((dequantize(*out, gs) - w).pow(2).sum())
+                    timings[algo] = {"s": statistics.median(ts), "sq_error": err}
+                timings["hqq_error_over_rtn"] = (timings["hqq"]["sq_error"]
+                                                 / timings["rtn"]["sq_error"])
+                shapes[f"{out_f}x{in_f} {name}"] = timings
+    finally:
+        torch.set_num_threads(threads)
+    put(results, "hqq_speed", {"label": "HQQ vs RTN per weight (1 thread, random normal)",
+                               "tool": "slimkit", "repeats": repeats, "weights": shapes})
+
+
 # -- table -----------------------------------------------------------------------------------------
 
 
@@ -490,7 +528,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", default="/tmp/slimkit-llm-bench", type=Path)
     ap.add_argument("--only", nargs="*", default=["slimkit", "reference", "levels", "minilm"],
-                    choices=["slimkit", "reference", "levels", "minilm", "speed", "table"])
+                    choices=["slimkit", "reference", "levels", "minilm", "speed", "table",
+                             "hqq-speed"])
     ap.add_argument("--speed-keys", nargs="*", default=[
         "fp32", "slimkit_gptq_int4_sym_g128", "slimkit_rtn_int4_sym_g128",
         "slimkit_rtn_int4_sym_g128_head_int8", "slimkit_rtn_int4_sym_g128_head_int4",
@@ -518,6 +557,9 @@ def main(argv=None) -> None:
         return
     if args.only == ["speed"]:
         speed_rows(args.work, results, args.speed_keys, args.speed_rounds)
+        return
+    if args.only == ["hqq-speed"]:
+        hqq_speed_row(results)
         return
 
     model, tok = load_smollm2()

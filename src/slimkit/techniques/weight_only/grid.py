@@ -4,7 +4,8 @@ A weight ``w`` of shape ``[out, in]`` is cut along ``in`` into groups of ``group
 columns (``None``: one group, i.e. per output channel). Each (row, group) has a float ``scale``
 and an unsigned zero point ``zero``; the codes are ``uint8`` in ``[0, 2**bits - 1]`` and the
 deployed weight is ``(codes - zero) * scale``, which is what ONNX Runtime's ``MatMulNBits``
-computes. Symmetric grids fix ``zero = 2**(bits-1)``. When ``group_size`` does not divide
+computes. Symmetric grids fix ``zero = 2**(bits-1)`` and may have negative scales (see
+:func:`minmax_params`). When ``group_size`` does not divide
 ``in`` (allowed only with ``WeightOnlyConfig.allow_partial_group``), the last group of each row
 is shorter, as ``MatMulNBits`` pads it; zero padding leaves a min/max range unchanged because
 the range always includes 0.
@@ -54,7 +55,10 @@ def minmax_params(w: torch.Tensor, bits: int, group_size: int | None, symmetric:
                   clip: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Round-to-nearest scales and zero points from each group's range.
 
-    Symmetric: ``scale = 2 * max|w| / (2**bits - 1)``, ``zero = 2**(bits-1)``. Asymmetric:
+    Symmetric: ``zero = 2**(bits-1)`` and ``scale = -w_ext / 2**(bits-1)``, where ``w_ext`` is
+    the group's value of largest magnitude (with its sign), so it is represented exactly by
+    code 0 and the grid uses all ``2**bits`` codes; the scale is negative when ``w_ext > 0``.
+    Asymmetric:
     the range ``[min(w, 0), max(w, 0)]`` over ``2**bits - 1`` steps, with an integer zero.
     ``clip`` (a float or an ``[out, n_groups]`` tensor in (0, 1]) shrinks the range first
     (AWQ's clipping search). Returns float32 ``scales`` and ``zeros`` of shape ``[out, n_groups]``.
@@ -63,9 +67,18 @@ def minmax_params(w: torch.Tensor, bits: int, group_size: int | None, symmetric:
     g = grouped(w.float(), group_size)
     c = clip.float() if isinstance(clip, torch.Tensor) else torch.tensor(float(clip))
     if symmetric:
-        amax = g.abs().amax(-1) * c
-        scales = (2 * amax / maxq).clamp_min(1e-10)
-        zeros = torch.full_like(scales, float(2 ** (bits - 1)))
+        half = 2 ** (bits - 1)
+        # The signed value of largest magnitude lands exactly on the lowest code, -half steps:
+        # the step is max|w| / half (not 2 max|w| / maxq, which is 7% coarser at 4 bits and
+        # clips a positive extreme to 7/7.5 of itself). The scale is negative where that
+        # value is positive, which MatMulNBits computes as written (ONNX Runtime's own
+        # quantizer does the same).
+        idx = g.abs().argmax(-1, keepdim=True)
+        extreme = g.gather(-1, idx).squeeze(-1) * c
+        scales = extreme / -half
+        tiny = scales.abs() < 1e-10                       # an all-zero group
+        scales = torch.where(tiny, torch.full_like(scales, 1e-10), scales)
+        zeros = torch.full_like(scales, float(half))
         return scales, zeros
     lo = g.amin(-1).clamp_max(0) * c
     hi = g.amax(-1).clamp_min(0) * c
