@@ -361,6 +361,78 @@ def scale(data: dict, ref: dict) -> str:
     return out + "\n" + source_line("scale", data)
 
 
+def llm_weight_only(data: dict, ref: dict) -> str:
+    """SmolLM2 in ONNX Runtime: one line per artifact with its gap and ratios to fp32, the
+    unmeasured rows with their reason, the paired decode run, HQQ's per-weight cost, MiniLM."""
+    rows = data["rows"]
+    base = rows.get("fp32", {})
+    rtn = rows.get("slimkit_rtn_int4_sym_g128", {})
+    rtn_gap = (rtn["perplexity"] - base["perplexity"]) if "perplexity" in rtn and base else None
+
+    def ratio(r, key):
+        return x(r[key] / base[key]) if base.get(key) and r.get(key) else "—"
+
+    head = ["row", "perplexity", "gap", "gap / RTN gap", "file MB", "x fp32 size",
+            "prefill ms (b1x512)", "decode tok/s", "x fp32 decode", "calib seqs",
+            "quantize s", "load avg", "measured (UTC)"]
+    measured, missing = [], []
+    for key, r in rows.items():
+        if key.startswith("minilm") or not isinstance(r, dict):
+            continue
+        if "error" in r:
+            missing.append([r.get("label", key), r["error"]])
+            continue
+        if "perplexity" not in r:
+            continue
+        gap = r["perplexity"] - base["perplexity"] if base else None
+        same_setting = ("int4_sym_g128" in key and key != "slimkit_rtn_int4_sym_g128"
+                        and "level" not in key and "head" not in key)
+        rel = x(gap / rtn_gap) if same_setting and rtn_gap and gap is not None else "—"
+        quant = r.get("quantize_s", r.get("calibration_s", r.get("build_s")))
+        measured.append([
+            r.get("label", key), num(r["perplexity"], 3),
+            "—" if key == "fp32" else f"{gap:+.3f}", rel, num(r["file_mb"], 1),
+            ratio(r, "file_mb"), num(r["prefill_ms"], 0), num(r["decode_tokens_per_s"], 2),
+            ratio(r, "decode_tokens_per_s"), str(r.get("calibration_sequences", "—")),
+            "—" if quant is None else num(quant, 0),
+            "—" if r.get("load_average") is None else num(r["load_average"], 1),
+            r.get("measured_at", "—").removesuffix(" UTC")])
+    out = table(head, measured)
+    if missing:
+        out += "\nNot measured:\n\n" + table(["row", "reason"], missing)
+    paired = rows.get("speed_paired")
+    if isinstance(paired, dict) and paired.get("tokens_per_s"):
+        first = next(iter(paired["tokens_per_s"]))
+        ratios = paired.get(f"ratio_to_{first}", {})
+        out += (f"\nDecode tokens/s with the artifacts taking turns ({paired['rounds']} rounds "
+                f"of 128 tokens each, medians; measured {paired.get('measured_at', '?')}, "
+                f"load {num(paired.get('load_average') or 0, 1)}):\n\n")
+        out += table(["artifact", "decode tok/s", f"x {first}"],
+                     [[k, num(v, 2), x(ratios[k]) if k in ratios else "—"]
+                      for k, v in paired["tokens_per_s"].items()])
+    hqq = rows.get("hqq_speed")
+    if isinstance(hqq, dict) and hqq.get("weights"):
+        out += (f"\nHQQ vs RTN on one random weight (1 thread, median of {hqq['repeats']}; "
+                f"measured {hqq.get('measured_at', '?')}, load "
+                f"{num(hqq.get('load_average') or 0, 1)}):\n\n")
+        out += table(["weight, setting", "RTN s", "HQQ s", "HQQ / RTN squared error"],
+                     [[k, num(v["rtn"]["s"], 3), num(v["hqq"]["s"], 3),
+                       num(v["hqq_error_over_rtn"], 3)] for k, v in hqq["weights"].items()])
+    m = rows.get("minilm_int4_g32")
+    if isinstance(m, dict) and "cosine_mean" in m:
+        out += (f"\nMiniLM int4 g32 through MatMulNBits ({m.get('sentences', '?')} sentences): "
+                f"cosine to fp32 {num(m['cosine_mean'], 4)} (min {num(m['cosine_min'], 4)}); "
+                f"batch 32 x 128: {num(m['int4_ms_b32x128'], 1)} ms vs fp32 "
+                f"{num(m['fp32_ms_b32x128'], 1)} ms ({x(m['speedup_vs_fp32'])}); "
+                f"{num(m['int4_mb'], 1)} MB vs {num(m['fp32_mb'], 1)} MB.\n")
+    setup = data.get("setup", {})
+    extra = (f"Calibration: {setup.get('calibration', '')}; eval: first "
+             f"{setup.get('eval_tokens', '?')} held-out tokens, windows of "
+             f"{setup.get('window', '?')}; ONNX Runtime {setup.get('onnxruntime', '?')}.")
+    return out + "\n" + source_line("llm_weight_only",
+                                    {**setup, "threads": setup.get("threads", 2)}, extra)
+
+
 def generic(name: str, data: dict) -> str:
     """A table for a results file without a dedicated renderer: its summary or its rows."""
     if isinstance(data.get("summary"), dict):
@@ -408,6 +480,7 @@ RENDERERS: dict[str, Callable[[dict, dict], str]] = {
     "quant_vs_ort": quant_vs_ort,
     "collaborative_digits": collaborative_digits,
     "scale": scale,
+    "llm_weight_only": llm_weight_only,
 }
 
 
