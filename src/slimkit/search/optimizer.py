@@ -37,7 +37,7 @@ from rich.table import Table
 from slimkit.core.config import Config
 from slimkit.core.io import write_text
 from slimkit.search.checkpoint import Checkpoint, fingerprint, model_digest
-from slimkit.search.measure import layer_macs, measure_artifact
+from slimkit.search.measure import latency_warmup, layer_macs, measure_artifact
 from slimkit.search.pareto import choose_plans, pareto_front
 from slimkit.search.sensitivity_pass import SensitivityResult, measure_sensitivity
 from slimkit.search.space import (
@@ -428,7 +428,9 @@ def _confirm_latency(top, ck, model, example_inputs, calibration, train_fn, seed
                 for i, path in enumerate(paths):
                     rep = report(path, example_inputs, batch_size=measure_kw["batch_size"],
                                  threads=measure_kw["threads"],
-                                 latency_runs=measure_kw["latency_runs"], memory=False)
+                                 latency_runs=measure_kw["latency_runs"],
+                                 warmup=latency_warmup(measure_kw["latency_runs"]),
+                                 memory=False)
                     times[i].append(rep.latency["p50_ms"])
         ck.put_candidate(key, {"medians": [sorted(t)[len(t) // 2] for t in times]})
     for c, med in zip(top, ck.candidates[key]["medians"]):
