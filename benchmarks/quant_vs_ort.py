@@ -9,9 +9,12 @@ int8 activations (S8S8), and ``quantize_dynamic(per_channel=True)`` for MiniLM.
 Figures: ORT latency (2 threads, batch 1 and 32, median; the files of one model take turns
 in blocks of 10 runs, so machine load hits them alike), file size, and accuracy (digits),
 top-1 agreement and logit cosine with fp32 (ResNet, random weights) or embedding cosine with
-fp32 torch (MiniLM, the 209 sentences of tests/data/sentences.txt).
+fp32 torch (MiniLM, the 209 sentences of tests/data/sentences.txt). GPT-2 small (random init;
+its layers are Hugging Face Conv1D): ``quantize_dynamic`` vs slimkit dynamic, top-1 and logit
+cosine with fp32, at 1 x 128 and 4 x 128 tokens. A 3-layer LSTM speaker encoder (random init):
+``quantize_dynamic`` (DynamicQuantizeLSTM) vs slimkit dynamic, embedding cosine with fp32.
 
-    python benchmarks/quant_vs_ort.py [--skip-minilm]
+    python benchmarks/quant_vs_ort.py [--skip-minilm] [--only gpt2 lstm]
 """
 
 from __future__ import annotations
@@ -168,9 +171,91 @@ def minilm_case(folder: Path, runs: int) -> list[dict]:
     return rows
 
 
+class SpeakerEncoder(torch.nn.Module):
+    """A GE2E-style speaker encoder: 3-layer LSTM over 40 mel bands, hidden 256, a linear
+    projection of the last step, L2-normalised (1.4M parameters; random init here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(40, 256, num_layers=3, batch_first=True)
+        self.proj = torch.nn.Linear(256, 256)
+
+    def forward(self, mels):
+        out, _ = self.lstm(mels)
+        e = torch.relu(self.proj(out[:, -1]))
+        return e / (e.norm(dim=1, keepdim=True) + 1e-5)
+
+
+def lstm_case(folder: Path, runs: int) -> list[dict]:
+    """The speaker encoder at 160 frames: ORT quantize_dynamic (which emits
+    DynamicQuantizeLSTM) vs slimkit dynamic, embedding cosine with fp32 torch."""
+    torch.manual_seed(0)
+    model = SpeakerEncoder().eval()
+    gen = torch.Generator().manual_seed(1)
+    mels = torch.randn(32, 160, 40, generator=gen)
+    with torch.no_grad():
+        ref = model(mels).numpy()
+    fp32 = sk.export_onnx(model, folder / "lstm-fp32.onnx", example_inputs=mels[:1])
+    ours = quantize(copy.deepcopy(model), QuantizationConfig(mode="dynamic"))
+    slim = sk.export_onnx(ours, folder / "lstm-slimkit.onnx", example_inputs=mels[:1])
+    paths = {"fp32": fp32,
+             "ort quantize_dynamic per-channel": ort_dynamic(fp32, folder / "lstm-ortdyn.onnx"),
+             "slimkit dynamic": slim}
+    name = ort_session(fp32).get_inputs()[0].name
+    rows = []
+    for variant, path in paths.items():
+        out = run_outputs(path, {name: mels.numpy()})
+        rows.append({"model": "lstm speaker encoder (1.4M, random init)", "variant": variant,
+                     "bytes": file_size(path), "cosine_fp32": cosine(out, ref),
+                     "batches": "b1 = 1 x 160 frames x 40 mels, b32 = 32 x 160 x 40"})
+    add_latencies(rows, paths, {name: mels[:1].numpy()}, {name: mels.numpy()}, runs)
+    return rows
+
+
+class _Logits(torch.nn.Module):
+    """A Hugging Face causal LM called with token ids, returning its logits tensor."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, ids):
+        return self.lm(input_ids=ids, use_cache=False).logits
+
+
+def gpt2_case(folder: Path, runs: int) -> list[dict]:
+    """GPT-2 small (124M, random init from its config): its weight layers are Hugging Face
+    Conv1D. Batch 1 x 128 and 4 x 128 tokens (the b32 column holds 4 x 128 here)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = _Logits(GPT2LMHeadModel(GPT2Config(use_cache=False))).eval()
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 50257, (4, 128), generator=gen)
+    fp32 = sk.export_onnx(model, folder / "gpt2-fp32.onnx", example_inputs=ids[:1])
+    ours = quantize(copy.deepcopy(model), QuantizationConfig(mode="dynamic"))
+    slim = sk.export_onnx(ours, folder / "gpt2-slimkit.onnx", example_inputs=ids[:1])
+    paths = {"fp32": fp32,
+             "ort quantize_dynamic per-channel": ort_dynamic(fp32, folder / "gpt2-ortdyn.onnx"),
+             "slimkit dynamic": slim}
+    name = ort_session(fp32).get_inputs()[0].name
+    ref = run_outputs(fp32, {name: ids.numpy()})
+    rows = []
+    for variant, path in paths.items():
+        out = run_outputs(path, {name: ids.numpy()})
+        rows.append({"model": "gpt2 (124M, random init)", "variant": variant,
+                     "bytes": file_size(path), "cosine_fp32": cosine(out, ref),
+                     "top1_agreement_fp32": float((out.argmax(-1) == ref.argmax(-1)).mean()),
+                     "batches": "b1 = 1 x 128 tokens, b32 column = 4 x 128"})
+    add_latencies(rows, paths, {name: ids[:1].numpy()}, {name: ids.numpy()}, runs)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-minilm", action="store_true")
+    parser.add_argument("--only", nargs="*", choices=["gpt2", "lstm"], default=None,
+                        help="measure only these cases and merge their rows into --out")
     parser.add_argument("--runs", type=int, default=30, help="timed runs at batch 32")
     parser.add_argument("--out", default="benchmarks/results/quant_vs_ort.json")
     args = parser.parse_args()
@@ -178,6 +263,14 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
+        if args.only:
+            cases = {"gpt2": gpt2_case, "lstm": lstm_case}
+            for case in args.only:
+                rows += cases[case](folder, max(args.runs // 3, 10))
+            old = json.loads(Path(args.out).read_text())["rows"] if Path(args.out).exists() else []
+            rows = [r for r in old if r["model"].split()[0] not in args.only] + rows
+            _finish(rows, args.out)
+            return
         data = load_digits_data()
         set_seed(0)
         digits = DigitsCNN()
@@ -195,7 +288,17 @@ def main() -> None:
 
             if minilm_available():
                 rows += minilm_case(folder, max(args.runs // 3, 10))
+        rows += lstm_case(folder, args.runs)
+        try:
+            import transformers  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            rows += gpt2_case(folder, max(args.runs // 3, 10))
+    _finish(rows, args.out)
 
+
+def _finish(rows: list, out_path: str) -> None:
     for row in rows:  # speed-up against the fp32 file of the same model
         base = next(r for r in rows if r["model"] == row["model"] and r["variant"] == "fp32")
         row["speedup_b1"] = base["latency_b1_ms"] / row["latency_b1_ms"]
@@ -213,7 +316,7 @@ def main() -> None:
             cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
         table.add_row(*cells)
     Console().print(table)
-    out = Path(args.out)
+    out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps({"torch": torch.__version__, "rows": rows}, indent=2))

@@ -231,6 +231,8 @@ def main() -> None:
     ap.add_argument("--techniques", nargs="+", default=list(TECHNIQUES), choices=TECHNIQUES)
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per row")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of --out for the model/technique pairs not run now")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -244,6 +246,12 @@ def main() -> None:
         for technique in args.techniques:
             console.print(f"{model} / {technique} ...")
             rows.append(run_row(model, technique, args.timeout))
+    if args.merge and args.out and args.out.exists():
+        ran = {(r["model"], r["technique"]) for r in rows}
+        kept = [r for r in json.loads(args.out.read_text())["rows"]
+                if (r["model"], r["technique"]) not in ran]
+        rows = sorted(kept + rows, key=lambda r: (MODELS.index(r["model"]),
+                                                  TECHNIQUES.index(r["technique"])))
     console.print(table(rows))
     goals = goal_lines(rows)
     for line in goals:

@@ -31,6 +31,14 @@ Pattern = str | type
 WeightNames = Sequence[str] | Callable[[nn.Module], list]
 
 _WEIGHTS: dict[type, WeightNames] = {}
+# Layers whose weight is stored ``(in, out)``: the input features run along axis 0.
+_INPUT_AXIS: dict[type, int] = {}
+# Known layers of other libraries, matched by qualified class name so that slimkit needs
+# no import of them: Hugging Face's Conv1D (GPT-2 and its family) is a Linear whose weight is
+# stored transposed, ``y = x @ W + b`` with ``W`` of shape ``(in, out)``.
+_KNOWN_BY_NAME: dict[str, tuple[tuple[str, ...], int]] = {
+    "transformers.pytorch_utils.Conv1D": (("weight",), 0),
+}
 
 # Layers whose parameters are scales and shifts, not weights: never pruned, never warned about.
 _LEFT_ALONE = (
@@ -42,17 +50,28 @@ _LEFT_ALONE = (
 )
 
 
-def register_weights(module_type: type, names: WeightNames) -> None:
+def register_weights(module_type: type, names: WeightNames, *,
+                     input_axis: int | None = None) -> None:
     """Declare which tensors of ``module_type`` are weights that techniques may transform.
 
     ``names`` is a list of attribute names or a function ``module -> list of names``.
-    Subclasses inherit the registration.
+    ``input_axis`` is the axis of a 2-D weight that runs over the layer's input features:
+    1 for the ``(out, in)`` layout of ``nn.Linear``, 0 for a layer computing ``x @ W`` with
+    ``W`` stored ``(in, out)``; N:M groups and quantization scales follow it. Default: 1, or
+    what slimkit knows of the type (Hugging Face's ``Conv1D``, known without registering, is
+    0, so re-registering it keeps its layout). Subclasses inherit the registration.
 
     Example:
         >>> class Gated(nn.Module): ...           # has self.kernel = nn.Parameter(...)
         >>> sk.register_weights(Gated, ["kernel"])
         >>> sk.prune(model, sk.MagnitudePruningConfig(0.5), targets=["Gated"])
     """
+    if input_axis is None:
+        known = _KNOWN_BY_NAME.get(f"{module_type.__module__}.{module_type.__qualname__}")
+        input_axis = known[1] if known else 1
+    if input_axis not in (0, 1):
+        raise ValueError(f"input_axis must be 0 (weight stored (in, out)) or 1 (stored "
+                         f"(out, in), as nn.Linear), got {input_axis!r}")
     if not isinstance(module_type, type) or not issubclass(module_type, nn.Module):
         raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
     if not callable(names):
@@ -60,6 +79,32 @@ def register_weights(module_type: type, names: WeightNames) -> None:
         if not names or not all(isinstance(n, str) for n in names):
             raise ValueError(f"names must be a non-empty list of attribute names, got {names!r}")
     _WEIGHTS[module_type] = names
+    _INPUT_AXIS[module_type] = input_axis
+
+
+def _registration(module: nn.Module):
+    """``(names, input_axis)`` registered for the module's class (or a base), else None."""
+    for cls in module_type(module).__mro__:
+        if cls in _WEIGHTS:
+            return _WEIGHTS[cls], _INPUT_AXIS.get(cls, 1)
+        known = _KNOWN_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if known is not None:
+            return known
+    return None
+
+
+def input_axis(module: nn.Module, name: str = "weight") -> int:
+    """The axis of ``module``'s 2-D weight ``name`` that runs over its inputs (1 as in
+    ``nn.Linear``; 0 for weights stored ``(in, out)`` such as Hugging Face's ``Conv1D``).
+
+    Example:
+        >>> input_axis(nn.Linear(4, 2))
+        1
+    """
+    reg = _registration(module)
+    if reg is None or name not in weight_names(module):
+        return 1
+    return reg[1]
 
 
 def module_type(module: nn.Module) -> type:
@@ -69,12 +114,11 @@ def module_type(module: nn.Module) -> type:
 
 def weight_names(module: nn.Module) -> list[str]:
     """Names of ``module``'s own weights that techniques may transform ([] if none known)."""
-    for cls in module_type(module).__mro__:
-        if cls in _WEIGHTS:
-            names = _WEIGHTS[cls]
-            names = names(module) if callable(names) else names
-            return [n for n in names if _get_tensor(module, n) is not None]
-    return []
+    reg = _registration(module)
+    if reg is None:
+        return []
+    names = reg[0](module) if callable(reg[0]) else reg[0]
+    return [n for n in names if _get_tensor(module, n) is not None]
 
 
 def _get_tensor(module: nn.Module, name: str):
@@ -230,7 +274,8 @@ def select_weights(
 
 def supported_types() -> list[str]:
     """Names of the module types with registered weights."""
-    return sorted(c.__name__.lstrip("_") for c in _WEIGHTS)
+    return sorted({c.__name__.lstrip("_") for c in _WEIGHTS}
+                  | {k.rsplit(".", 1)[-1] for k in _KNOWN_BY_NAME})
 
 
 def _is_internal(name: str) -> bool:

@@ -26,6 +26,7 @@ import torch.nn as nn
 from slimkit.core.batch import call_model, check_inputs, describe, flatten_outputs, input_tensors
 from slimkit.core.io import atomic_path
 from slimkit.core.records import records
+from slimkit.export.names import name_anonymous_weights
 from slimkit.export.pipeline import ExportContext, deployable, finish
 
 
@@ -212,6 +213,8 @@ def export_onnx(
     else:
         proto = _export(plain, inputs, dynamo is not False, dynamic_batch, opset_version,
                         in_names, out_names)
+    # Before the hooks: their rewrites name new initializers after the weights they replace.
+    name_anonymous_weights(proto, plain)
     proto = finish(proto, ctx)
     with atomic_path(path, suffix=".onnx") as tmp:
         # The proto was rewritten in memory: one write, then validation of exactly that file.

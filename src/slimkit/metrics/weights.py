@@ -6,7 +6,8 @@ Two words are used with a fixed meaning throughout slimkit.metrics:
   of at most 32 bits (int8 weights, zero points and int32 biases of quantized models);
   int64 tensors are left out because ONNX stores shapes, axes and indices in them;
 - a *weight* is a parameter tensor with two or more dimensions (the matrices and kernels that
-  pruning, clustering and quantization act on); biases, scales and shapes are not weights.
+  pruning, clustering and quantization act on); biases, scales and shapes are not weights,
+  nor are normalisation parameters and recurrent biases of any rank in an ONNX file.
 """
 
 from __future__ import annotations
@@ -152,15 +153,43 @@ def onnx_weight_inventory(path_or_model: str | Path | onnx.ModelProto) -> Weight
         inventory.parameters += int(array.size)
         inventory.nonzero += int(np.count_nonzero(array))
         inventory.layers.append(WeightStats.from_array(name, array))
+    not_weights = _scale_and_shift_tensors(model.graph)
     for name, proto in _onnx_tensors(model.graph):
         if proto.data_type not in _ONNX_PARAM_TYPES or name in feeding:
             continue
         array = numpy_helper.to_array(proto)
         inventory.parameters += int(array.size)
         inventory.nonzero += int(np.count_nonzero(_plain(array)))
-        if array.ndim >= 2:
+        if array.ndim >= 2 and name not in not_weights:
             inventory.layers.append(WeightStats.from_array(name, array))
     return inventory
+
+
+# Inputs that hold scales and shifts, not weights, whatever their rank: normalisation
+# scale / bias (and statistics) and the biases of recurrent layers (ONNX stores an LSTM's as
+# [directions, 8 * hidden], a 2-D tensor).
+_SCALE_SHIFT_INPUTS = {
+    "LayerNormalization": {1, 2},
+    "BatchNormalization": {1, 2, 3, 4},
+    "InstanceNormalization": {1, 2},
+    "GroupNormalization": {1, 2},
+    "SkipLayerNormalization": {2, 3, 4},
+    "SimplifiedLayerNormalization": {1},
+    "LSTM": {3},
+    "GRU": {3},
+    "RNN": {3},
+    "DynamicQuantizeLSTM": {3},
+}
+
+
+def _scale_and_shift_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Names read only as normalisation parameters or recurrent biases (see above)."""
+    roles: dict[str, set[bool]] = {}
+    for node in graph.node:
+        inputs = _SCALE_SHIFT_INPUTS.get(node.op_type, set())
+        for k, name in enumerate(node.input):
+            roles.setdefault(name, set()).add(k in inputs)
+    return {name for name, r in roles.items() if r == {True}}
 
 
 def onnx_weight_stats(path_or_model: str | Path | onnx.ModelProto) -> list[WeightStats]:

@@ -56,7 +56,8 @@ def kmeans_1d(
     max_iter: int = 100,
     tol: float = 1e-7,
     fixed: Sequence[float] = (),
-) -> tuple[torch.Tensor, torch.Tensor]:
+    labels: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Cluster the values of a tensor into ``k`` shared values with exact 1-D Lloyd iterations.
 
     Used to build the codebook of a clustered layer. ``values`` may have any shape and any
@@ -66,7 +67,8 @@ def kmeans_1d(
     every value equal to them. Deterministic for a given ``seed``.
 
     Returns ``(centroids, labels)``: float32 centroids sorted ascending, shape ``(k,)``, and
-    int64 labels with the shape of ``values`` indexing into them. Each value gets its nearest
+    int64 labels with the shape of ``values`` indexing into them (None with ``labels=False``,
+    which skips that O(n) pass for a caller that labels the values itself). Each value gets its nearest
     float32 centroid exactly (ties go to the lower index, and to a fixed centroid over an equal
     free one).
 
@@ -88,6 +90,8 @@ def kmeans_1d(
     _check_sorted_rows(srt, k, "values")
 
     cents = _cluster_sorted_rows(srt, k, init, seed, max_iter, tol, fixed_arr)
+    if not labels:
+        return cents[0].to(device), None
     mids = _label_midpoints(cents, srt.dtype)[0].numpy()
     labels = torch.from_numpy(_label_values(flat, mids))
     return cents[0].to(device), labels.reshape(shape).to(device)

@@ -114,13 +114,16 @@ def update_masks(model: nn.Module, sites: list, sparsity: float) -> None:
 def _update_nm_masks(items: list, cfg: MagnitudePruningConfig, sparsity: float) -> None:
     # The schedule sets the pace: at s(t) the share s(t) / s_final of each layer's groups is
     # N:M-pruned, so the last update leaves every group with at most N non-zeros.
+    from slimkit.core.selection import input_axis
     from slimkit.techniques.pruning.nm import final_sparsity, nm_keep_mask
 
     n, m = cfg.nm
     fraction = sparsity / final_sparsity(cfg.schedule)
     with torch.no_grad():
         for module, t, i, p in items:
-            keep = nm_keep_mask(input_of(module, t, i) * p.mask, n, m, fraction)
+            w = input_of(module, t, i) * p.mask
+            axis = input_axis(module, t) if w.dim() == 2 else 1
+            keep = nm_keep_mask(w, n, m, fraction, input_axis=axis)
             p.mask.copy_(keep.to(p.mask.dtype))
             if i == 0:
                 module.parametrizations[t].original.masked_fill_(p.mask == 0, 0.0)

@@ -2,7 +2,8 @@
 
 Groups run along the input dimension, the one sparse matrix units reduce over:
 - a 2-D weight ``(out, in)`` (Linear, MatMul, RNN, attention projections): M consecutive
-  entries of a row;
+  entries of a row; a weight stored ``(in, out)`` (Hugging Face's Conv1D in GPT-2, or a layer
+  registered with ``input_axis=0``): M consecutive entries of a column;
 - a convolution weight ``(out, in, *kernel)``: M consecutive input channels at the same
   kernel position, i.e. the weight laid out channels-last ``(out, *kernel, in)`` as the
   implicit GEMM of a sparse tensor core sees it.
@@ -69,11 +70,15 @@ def _ungrouped(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return g.reshape(shape)
 
 
-def nm_keep_mask(w: torch.Tensor, n: int, m: int, fraction: float = 1.0) -> torch.Tensor:
+def nm_keep_mask(w: torch.Tensor, n: int, m: int, fraction: float = 1.0,
+                 input_axis: int = 1) -> torch.Tensor:
     """A boolean mask keeping the N largest ``|w|`` of every group of M, for ``fraction`` of
     the groups: the groups whose pruning removes the least magnitude go first. Ties break
-    by position (a stable sort), so the mask is the same on every run.
+    by position (a stable sort), so the mask is the same on every run. ``input_axis=0``: a
+    2-D weight stored ``(in, out)`` (HF Conv1D), grouped along its axis 0.
     """
+    if input_axis == 0 and w.dim() == 2:
+        return nm_keep_mask(w.t(), n, m, fraction).t()
     groups = _grouped(w.detach().abs().float(), m)
     order = torch.argsort(groups, dim=1, descending=True, stable=True)
     keep = torch.zeros_like(groups, dtype=torch.bool)
@@ -99,16 +104,17 @@ def nm_applies(module: nn.Module) -> bool:
 def nm_layers(model: nn.Module, layers: list, m: int) -> list:
     """The layers N:M pruning can handle; warns once, naming the others and why."""
     from slimkit.core.parametrize import get_module, raw_tensor
-    from slimkit.core.selection import module_type
+    from slimkit.core.selection import input_axis, module_type
 
     kept, skipped = [], []
     for mname, tname in layers:
         module = get_module(model, mname)
         t = raw_tensor(module, tname)
+        axis = input_axis(module, tname) if t.dim() == 2 else 1
         if not nm_applies(module):
             skipped.append(f"{mname}.{tname} ({module_type(module).__name__})")
-        elif not input_axis_groups(t.shape, m):
-            dim = t.shape[1] if t.dim() >= 2 else "none"
+        elif not input_axis_groups(t.shape, m, axis):
+            dim = t.shape[axis] if t.dim() >= 2 else "none"
             skipped.append(f"{mname}.{tname} (input dim {dim})")
         else:
             kept.append((mname, tname))
@@ -213,7 +219,7 @@ def check_sparsity(path_or_model, pattern: str = "2:4") -> SparsityCheck:
     n, m = nm
     report = SparsityCheck(pattern=f"{n}:{m}")
     if isinstance(path_or_model, nn.Module):
-        from slimkit.core.selection import weight_names
+        from slimkit.core.selection import input_axis, weight_names
 
         for mname, module in path_or_model.named_modules():
             if ".parametrizations." in f".{mname}.":
@@ -222,7 +228,9 @@ def check_sparsity(path_or_model, pattern: str = "2:4") -> SparsityCheck:
                 if not nm_applies(module):
                     continue
                 full = f"{mname}.{tname}" if mname else tname
-                report.weights.append(check_weight(full, getattr(module, tname), n, m))
+                w = getattr(module, tname)
+                axis = input_axis(module, tname) if w.dim() == 2 else 1
+                report.weights.append(check_weight(full, w, n, m, input_axis=axis))
         return report
     if not isinstance(path_or_model, (str, os.PathLike)):
         raise TypeError(

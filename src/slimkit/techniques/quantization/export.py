@@ -8,7 +8,8 @@ fake-quantized weights: floats that are exactly ``integer * scale``.
 ``post_export`` replaces each such float initializer by integers + DequantizeLinear, so the
 file is ~4x (int8) or ~8x (int4) smaller; ORT fuses DequantizeLinear -> Conv/Gemm ->
 QuantizeLinear into QLinearConv / QGemm. In dynamic mode, MatMul/Gemm on a quantized weight
-becomes DynamicQuantizeLinear -> MatMulInteger, which ORT runs as DynamicQuantizeMatMul.
+becomes DynamicQuantizeLinear -> MatMulInteger, which ORT runs as DynamicQuantizeMatMul, and
+an LSTM becomes ORT's DynamicQuantizeLSTM (lstm_export).
 
 Example:
     >>> sk.quantize(model, sk.QuantizationConfig(), calibration=x[:100])
@@ -33,6 +34,7 @@ from slimkit.techniques.quantization.activation import (
     attach,
 )
 from slimkit.techniques.quantization.fake_quant import quantized_weights
+from slimkit.techniques.quantization.lstm_export import rewrite_lstms
 
 NOTES_KEY = "slimkit.techniques.quantization"
 
@@ -41,8 +43,11 @@ def stored_weights(model: nn.Module) -> dict[str, IntCodes]:
     """The integer codes of every fake-quantized weight, by stripped name (packed format)."""
     import torch
 
+    # A weight stored (in, out) (HF Conv1D) has its codes in the (out, in) layout: the packed
+    # format, which decodes codes in the tensor's own layout, keeps it as plain floats.
     return {key: IntCodes(q.to(torch.int8), scale.float(), p.bits, p.group_size)
-            for key, _module, p, q, scale, _baked in quantized_weights(model)}
+            for key, _module, p, q, scale, _baked in quantized_weights(model)
+            if p.input_axis == 1}
 
 
 def _storage_bits(module: nn.Module, bits: int) -> int:
@@ -64,10 +69,15 @@ def pre_export(model: nn.Module, ctx) -> None:
         weights[key] = {
             "q": q.numpy().astype(np.int8), "scale": scale.numpy(), "baked": baked.numpy(),
             "bits": p.bits, "group_size": p.group_size, "narrow": p.narrow,
-            "dynamic": isinstance(module._modules.get(INPUT), DynamicQuantizer),
+            # Any layer reading this weight runs dynamic int8 (a tied LM head reads the
+            # embedding's table: its MatMul can run MatMulInteger on the table's int8 rows).
+            "dynamic": _read_by_dynamic_layer(model, module, p),
             "storage_bits": _storage_bits(module, p.bits),
             # A weight-only layer computes in float: see _rewrite_conv_weight.
             "float_op": _storage_bits(module, 4) == 4,
+            # q / scale are (out, in); the torch weight (and the exporter's) is (in, out).
+            "in_out": p.input_axis == 0,
+            "lstm": isinstance(module, nn.LSTM),
         }
 
     out_scales = []
@@ -127,14 +137,29 @@ def post_export(proto, ctx):
     if not weights:
         return proto
     graph = proto.graph
+    lstm_keys = [k for k, info in weights.items() if info.get("lstm")]
+    if lstm_keys:
+        n_lstm = rewrite_lstms(proto)
+        n_layers = len(lstm_keys) // 2  # an input and a recurrent weight per layer/direction
+        if n_lstm == 0:
+            warnings.warn(
+                f"slimkit: {n_layers} quantized LSTM weight pair(s) ({', '.join(lstm_keys[:2])} "
+                "...) found no ONNX LSTM node with those weights in the exported graph; they "
+                "stay float (export with dynamo=False, the TorchScript exporter, which writes "
+                "ONNX LSTM nodes)", stacklevel=3)
     inits = {i.name: i for i in graph.initializer}
     int4 = False
     changed = []
     for name, info in weights.items():
-        init, transposed = _find(inits, name, info["baked"])
+        if info.get("lstm"):
+            continue  # done above, on the exporter's LSTM nodes
+        init, found_transposed = _find(inits, name, info["baked"])
         if init is None:
             continue  # the exporter turned it into something else: it stays float
-        if not transposed and not _holds(init, info["baked"]):
+        # Whether the initializer is [in, out] relative to q's [out, in]: the exporter stored
+        # the torch weight transposed, or the torch weight itself is (in, out) (HF Conv1D).
+        transposed = found_transposed != info.get("in_out", False)
+        if not found_transposed and not _holds(init, info["baked"]):
             # The exporter changed this weight (e.g. folded a BatchNorm into it): its integers
             # would no longer compute what the file computes next to the exporter's bias.
             changed.append(name)
@@ -151,6 +176,8 @@ def post_export(proto, ctx):
         bits = info.get("storage_bits", info["bits"])
         int4 |= bits == 4
         done = (bits == 8 and _rewrite_gather(graph, init.name, q, scale, info)) or (
+            bits == 8 and info["dynamic"] and _rewrite_tied_table(graph, init.name, q, scale,
+                                                                  info)) or (
             info.get("float_op") and _rewrite_conv_weight(graph, init.name, q, scale, bits))
         if not done:
             IntCodes(q, scale, bits, info["group_size"]).add_dequantize(
@@ -293,6 +320,48 @@ def _find(inits: dict, name: str, baked: np.ndarray):
     return None, False
 
 
+def _read_by_dynamic_layer(model: nn.Module, module: nn.Module, p) -> bool:
+    """Whether ``module`` or another module sharing the fake-quant ``p`` (tied weights) has
+    a dynamic activation quantizer."""
+    if isinstance(module._modules.get(INPUT), DynamicQuantizer):
+        return True
+    for m in model.modules():
+        stages = getattr(m, "parametrizations", None)
+        if (stages is not None and isinstance(m._modules.get(INPUT), DynamicQuantizer)
+                and any(q is p for plist in stages.values() for q in plist)):
+            return True
+    return False
+
+
+def _rewrite_tied_table(graph, name: str, q: np.ndarray, scale: np.ndarray, info: dict) -> bool:
+    """An embedding table also read, transposed, by a tied LM head's MatMul: row lookups of
+    the int8 table for the Gathers, MatMulInteger on the same rows for the MatMuls.
+
+    Without this the table stays behind one DequantizeLinear that ORT runs on every call, and
+    the exporter's Transpose of the whole table after it: on GPT-2 (50257 x 768) that made
+    dynamic int8 slower than fp32 at batch 1. False (graph untouched) unless every reader is
+    such a Gather or a Transpose feeding only MatMuls.
+    """
+    users = _consumers(graph, name)
+    gathers = [u for u in users if u.op_type == "Gather"]
+    heads = [u for u in users if u.op_type == "Transpose"]
+    if not gathers or not heads or len(gathers) + len(heads) != len(users):
+        return False
+    if not _gathers_ok(gathers, name, scale, info) or not all(
+            _perm(t) == [1, 0] and all(u.op_type == "MatMul" and u.input[1] == t.output[0]
+                                      for u in _consumers(graph, t.output[0]))
+            for t in heads):
+        return False
+    return (_rewrite_dynamic(graph, name, q, scale, False, users=heads)
+            and _rewrite_gather(graph, name, q, scale, info))
+
+
+def _gathers_ok(users: list, name: str, scale: np.ndarray, info: dict) -> bool:
+    return bool(users) and scale.ndim == 1 and info["group_size"] is None and not any(
+        u.op_type != "Gather" or u.input[0] != name or u.input[1] == name
+        or _attr(u, "axis", 0) != 0 for u in users)
+
+
 def _rewrite_gather(graph, name: str, q: np.ndarray, scale: np.ndarray, info: dict) -> bool:
     """Look up int8 rows, then scale only those: ``Gather(q, ids) -> Cast -> Mul(Gather(scale,
     ids))`` for a per-row quantized table read only by row Gathers (an Embedding).
@@ -302,9 +371,7 @@ def _rewrite_gather(graph, name: str, q: np.ndarray, scale: np.ndarray, info: di
     halved the batch-1 speed-up). False (graph untouched) if some use is not such a Gather.
     """
     users = _consumers(graph, name)
-    if (not users or scale.ndim != 1 or info["group_size"] is not None
-            or any(u.op_type != "Gather" or u.input[0] != name or u.input[1] == name
-                   or _attr(u, "axis", 0) != 0 for u in users)):
+    if not _gathers_ok(users, name, scale, info):
         return False
     from onnx import TensorProto, helper, numpy_helper
 
@@ -340,12 +407,13 @@ def _attr(node, key, default):
 
 
 def _rewrite_dynamic(graph, name: str, q: np.ndarray, scale: np.ndarray,
-                     transposed: bool) -> bool:
+                     transposed: bool, users: list | None = None) -> bool:
     """Turn every matmul on weight ``name`` into DynamicQuantizeLinear -> MatMulInteger ->
     Cast -> Mul(scales). ``q`` is the torch layout [out, in]; the initializer is [in, out] if
-    ``transposed``. False (graph untouched) if some use is not a matmul on it."""
+    ``transposed``. False (graph untouched) if some use is not a matmul on it. ``users``:
+    rewrite only these readers (the caller handles the others)."""
     plans = []
-    for node in _consumers(graph, name):
+    for node in _consumers(graph, name) if users is None else users:
         args = list(node.input)
         plain = (_attr(node, "transA", 0) == 0 and _attr(node, "alpha", 1.0) == 1.0
                  and _attr(node, "beta", 1.0) == 1.0)

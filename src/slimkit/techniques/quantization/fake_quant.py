@@ -134,14 +134,24 @@ class WeightFakeQuant(SlimParametrization):
     stage = QUANT_STAGE
 
     def __init__(self, bits: int, per_channel: bool, group_size: int | None, narrow: bool,
-                 freeze_step: int | None = None, group: str = ""):
+                 freeze_step: int | None = None, group: str = "", input_axis: int = 1):
         super().__init__(group)
         self.bits, self.per_channel, self.group_size, self.narrow = (
             bits, per_channel, group_size, narrow)
         self.freeze_step = freeze_step
+        # 0 for a weight stored (in, out) (Hugging Face's Conv1D): the grid is computed on its
+        # transpose, so scales run over output channels and groups over inputs as for Linear.
+        self.input_axis = input_axis
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
+    def canonical(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` in the ``(out, in, ...)`` layout the grid is defined on (a view)."""
+        return w.t() if self.input_axis == 0 else w
+
     def scale(self, w: torch.Tensor) -> torch.Tensor:
+        """The scale of weight ``w`` (given in the layer's own layout), for its canonical
+        ``(out, in)`` form: shape ``()``, ``(out,)`` or ``(out, in // group_size)``."""
+        w = self.canonical(w)
         if (self.per_channel and self.group_size is None and not torch.is_grad_enabled()
                 and on_tensor_grid(w, self.bits, self.narrow)):
             # Baked on one scale per tensor (quantized after per-tensor clustering, then
@@ -151,7 +161,9 @@ class WeightFakeQuant(SlimParametrization):
         return weight_scale(w, self.bits, self.per_channel, self.group_size, self.narrow)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return fake_quant_weight(w, self.scale(w), self.bits, self.group_size, self.narrow)
+        out = fake_quant_weight(self.canonical(w), self.scale(w), self.bits, self.group_size,
+                                self.narrow)
+        return self.canonical(out)
 
     def extra_repr(self) -> str:
         gran = f"group={self.group_size}" if self.group_size else (
@@ -165,11 +177,13 @@ class WeightFakeQuant(SlimParametrization):
 def quantized_weights(model):
     """Every fake-quantized weight as ``(key, module, p, q, scale, baked)``: its integers, its
     scale and exactly what strip writes (``p(w)``), computed from the weight as it enters the
-    fake-quant stage. Export and the packed format both store these numbers.
+    fake-quant stage. Export and the packed format both store these numbers. ``q`` and
+    ``scale`` are in the canonical ``(out, in)`` layout, ``baked`` in the layer's own
+    (``p.input_axis == 0``: stored ``(in, out)``).
 
     Example:
         >>> for key, module, p, q, scale, baked in quantized_weights(model):
-        ...     assert torch.equal(baked, q * expand_scale(scale, q, p.group_size))
+        ...     assert torch.equal(p.canonical(baked), q * expand_scale(scale, q, p.group_size))
     """
     for mname, tname, index, p in slim_parametrizations(model):
         if not isinstance(p, WeightFakeQuant):
@@ -178,6 +192,6 @@ def quantized_weights(model):
         with torch.no_grad():
             w = input_of(module, tname, index)
             scale = p.scale(w)
-            q = quantize_weight(w, scale, p.bits, p.group_size, p.narrow)
+            q = quantize_weight(p.canonical(w), scale, p.bits, p.group_size, p.narrow)
             baked = p(w)
         yield (f"{mname}.{tname}" if mname else tname), module, p, q, scale, baked

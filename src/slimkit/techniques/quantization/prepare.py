@@ -1,10 +1,13 @@
 """Prepare a model for quantization: pick the layers, fold BN, attach fake-quant and observers.
 
 Which layers each mode quantizes, and why the others stay float:
+- every mode treats Hugging Face's Conv1D (GPT-2: a Linear storing its weight (in, out)) as
+  a Linear, its scales computed on the transposed weight;
 - static: Conv1d, Conv2d, Linear (ORT runs them as QLinearConv / QGemm / QLinearMatMul);
   ConvTranspose weights are stored int8 but the layer runs in float (ORT 1.32 has no int8
   ConvTranspose kernel on CPU: its own quantizer leaves DequantizeLinear -> ConvTranspose too);
-- dynamic: Linear (ORT runs MatMulInteger with activations quantized at run time);
+- dynamic: Linear (ORT runs MatMulInteger with activations quantized at run time) and LSTM
+  (input and recurrent weights per gate row; ORT runs DynamicQuantizeLSTM, see lstm_export);
 - both also store Embedding tables as int8 (weight-only: a lookup has no matmul to speed up);
 - weight_only: Linear, Conv, ConvTranspose, Embedding (any weight read through DequantizeLinear).
 Everything else that owns weights stays fp32, listed in one warning.
@@ -24,7 +27,13 @@ import torch.nn as nn
 
 from slimkit.core.parametrize import expand_tied, get_module, raw_tensor, register
 from slimkit.core.records import group_id
-from slimkit.core.selection import _owns_unknown_weight, module_type, select_weights, weight_names
+from slimkit.core.selection import (
+    _owns_unknown_weight,
+    input_axis,
+    module_type,
+    select_weights,
+    weight_names,
+)
 from slimkit.techniques.quantization.activation import ActivationQuantizer, DynamicQuantizer, attach
 from slimkit.techniques.quantization.adaround import AdaRoundWeightFakeQuant
 from slimkit.techniques.quantization.bias_correction import (
@@ -50,21 +59,24 @@ SUPPORTED = {
     "weight_only": (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding),
 }
 _ACCEPTED = {
-    "static": "Linear, Conv1d, Conv2d (Embedding, ConvTranspose weight-only)",
-    "dynamic": "Linear (Embedding weight-only)",
-    "weight_only": "Linear, Conv1d/2d/3d, ConvTranspose, Embedding",
+    "static": "Linear, Conv1d, Conv2d, HF Conv1D (Embedding, ConvTranspose weight-only)",
+    "dynamic": "Linear, HF Conv1D, LSTM (Embedding weight-only)",
+    "weight_only": "Linear, Conv1d/2d/3d, ConvTranspose, Embedding, HF Conv1D",
 }
 
 
 def _why_not(module: nn.Module, mode: str) -> str:
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
         return "no int8 ConvTranspose kernel in ONNX Runtime: use mode='weight_only'"
+    if isinstance(module, nn.LSTM) and mode == "dynamic":
+        return ("an LSTM with proj_size has no ONNX LSTM form (ONNX Runtime's "
+                "DynamicQuantizeLSTM takes plain LSTMs)")
     if isinstance(module, nn.RNNBase):
         if mode == "dynamic":
-            # ORT has DynamicQuantizeLSTM; slimkit does not emit it yet.
-            return ("slimkit has no dynamic int8 export for recurrent layers yet (ONNX "
-                    "Runtime's DynamicQuantizeLSTM kernel exists)")
-        return "recurrent weights have no static int8 ONNX Runtime path"
+            return ("ONNX Runtime has an int8 kernel for LSTM only (DynamicQuantizeLSTM), "
+                    "none for GRU or RNN")
+        return ("recurrent weights have no static or weight-only int8 ONNX Runtime path: "
+                "use mode='dynamic' for LSTM (ONNX Runtime's DynamicQuantizeLSTM)")
     if isinstance(module, nn.MultiheadAttention):
         return "fused attention projections: its out_proj Linear is quantized"
     if isinstance(module, nn.modules.conv._ConvNd) and mode == "dynamic":
@@ -86,6 +98,19 @@ def select_layers(model: nn.Module, config: QuantizationConfig, targets, ignore)
             return []
         if isinstance(module, supported):
             return ["weight"]
+        if config.mode == "dynamic" and _dynamic_lstm(module):
+            if isinstance(config, AdaRoundConfig) or getattr(config, "learn_ranges", False):
+                skipped.append(f"{name} (LSTM: AdaRound and learned ranges take Linear and "
+                               "Conv weights only)")
+                return []
+            return names  # input and recurrent weights of every layer and direction
+        if _in_out_linear(module):
+            # HF Conv1D: a Linear with its weight stored (in, out), quantized as one.
+            if isinstance(config, AdaRoundConfig) or getattr(config, "learn_ranges", False):
+                skipped.append(f"{name} ({module_type(module).__name__}: weight stored (in, "
+                               "out); AdaRound and learned ranges take (out, in) weights only)")
+                return []
+            return ["weight"]
         skipped.append(f"{name or '(the model itself)'} ({module_type(module).__name__}: "
                        f"{_why_not(module, config.mode)})")
         return []
@@ -97,7 +122,9 @@ def select_layers(model: nn.Module, config: QuantizationConfig, targets, ignore)
             warnings.simplefilter("always")
             layers = select_weights(model, targets, ignore, names_for=names_for,
                                     technique=f"{config.mode} quantization",
-                                    supported=sorted(c.__name__ for c in supported))
+                                    supported=sorted(c.__name__ for c in supported) + (
+                                        ["Conv1D", "LSTM"] if config.mode == "dynamic"
+                                        else ["Conv1D"]))
         for w in caught:
             if "whose weights it does not know" not in str(w.message):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
@@ -124,15 +151,17 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list, *,
     weight fake-quant (export of such a stripped model puts it back on the copy).
     """
     qat = isinstance(config, QATConfig)
-    names = [m for m, _ in layers]
-    for name in names:
-        t = raw_tensor(get_module(model, name), "weight")
+    names = list(dict.fromkeys(m for m, _ in layers))
+    for name, tname in layers:
+        t = raw_tensor(get_module(model, name), tname)
         if not torch.is_floating_point(t):
-            raise ValueError(f"{name}.weight is {t.dtype}; quantization needs a float weight")
+            raise ValueError(f"{name}.{tname} is {t.dtype}; quantization needs a float weight")
 
-    # Layers that get activation quantizers; the others store int8 weights only.
+    # Layers that get activation quantizers; the others store int8 weights only. An LSTM
+    # quantizes its activations inside ORT's kernel (DynamicQuantizeLSTM): none attached.
     active = [n for n in names
-              if config.mode == "weight_only" or not isinstance(get_module(model, n), _WEIGHT_ONLY)]
+              if config.mode == "weight_only" or not isinstance(get_module(model, n),
+                                                                (*_WEIGHT_ONLY, nn.RNNBase))]
     info = None
     bn_stats = {}
     if config.mode == "static" and activations:
@@ -163,18 +192,20 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list, *,
         module = get_module(model, mname)
         cfg = config.for_layer(mname, module)
         w = raw_tensor(module, tname)
+        axis = input_axis(module, tname) if w.dim() == 2 else 1
         group_size = cfg.group_size if w.dim() == 2 else None
+        inputs = w.shape[axis] if w.dim() == 2 else None
         if (cfg.per_channel and group_size is None
                 and not _overridden(config, mname, module, "per_channel")
                 and _shared_per_tensor(module, tname)):
             cfg = dataclasses.replace(cfg, per_channel=False, overrides={})
-        if group_size is not None and w.shape[1] % group_size:
+        if group_size is not None and inputs % group_size:
             raise ValueError(
-                f"{mname}.{tname} has {w.shape[1]} inputs, not a multiple of group_size="
+                f"{mname}.{tname} has {inputs} inputs, not a multiple of group_size="
                 f"{group_size} (QuantizationConfig.group_size); pick a divisor or override "
                 f"this layer with overrides={{{mname!r}: {{'group_size': None}}}}"
             )
-        p = _weight_fake_quant(config, cfg, group_size, freeze, group, w)
+        p = _weight_fake_quant(config, cfg, group_size, freeze, group, w, axis)
         register(model, sites, p)
     if config.mode == "static" and activations and weights and config.bias_correction == "bn":
         warn_skipped(correct_bias_bn(model, find_chains(model, set(active))[0], bn_stats))
@@ -202,6 +233,20 @@ def prepare(model: nn.Module, config: QuantizationConfig, layers: list, *,
                    act_cls(config, qat=qat, freeze_step=freeze, group=group))
 
 
+def _dynamic_lstm(module: nn.Module) -> bool:
+    """An ``nn.LSTM`` that dynamic int8 covers (exported as ONNX LSTM, run by ORT's
+    DynamicQuantizeLSTM): no projections (ONNX LSTM has none)."""
+    return isinstance(module, nn.LSTM) and not getattr(module, "proj_size", 0)
+
+
+def _in_out_linear(module: nn.Module) -> bool:
+    """A layer computing ``x @ W (+ b)`` with a 2-D ``weight`` stored ``(in, out)`` (Hugging
+    Face's Conv1D, or a type registered with ``input_axis=0``): quantized like a Linear."""
+    w = getattr(module, "weight", None)
+    return (isinstance(w, torch.Tensor) and w.dim() == 2 and "weight" in weight_names(module)
+            and input_axis(module, "weight") == 0)
+
+
 def _overridden(config, name: str, module, field: str) -> bool:
     """Whether a per-layer override of ``config`` sets ``field`` for layer ``name``."""
     from slimkit.core.selection import matches
@@ -225,10 +270,13 @@ def _shared_per_tensor(module: nn.Module, tname: str) -> bool:
                is False for p in stages or [])
 
 
-def _weight_fake_quant(config, cfg, group_size, freeze, group, w):
+def _weight_fake_quant(config, cfg, group_size, freeze, group, w, axis: int = 1):
     """The weight fake-quant the config asks for: fixed grid, learned step size or AdaRound's
-    (a fixed grid that records whether its rounding was learned)."""
+    (a fixed grid that records whether its rounding was learned). ``axis``: the weight's
+    input axis (0 only for (in, out) weights, which take the fixed grid; see select_layers)."""
     args = (cfg.weight_bits, cfg.per_channel, group_size, cfg.narrow_range)
+    if axis == 0:
+        return WeightFakeQuant(*args, freeze_step=freeze, group=group, input_axis=0)
     if getattr(config, "learn_ranges", False):
         with torch.no_grad():
             return LearnedWeightFakeQuant(*args, init=w.detach().clone(), freeze_step=freeze,
