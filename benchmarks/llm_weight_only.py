@@ -91,6 +91,8 @@ SETTINGS = [
                                                   "symmetric": True}),
 ]
 ALGORITHMS = ("rtn", "hqq", "gptq", "awq")
+# extra --algorithms choices: an algorithm with config options (not in the default run)
+VARIANTS = {"gptq-act": ("gptq", {"act_order": True}, "GPTQ act-order")}
 
 
 # -- measuring one artifact ----------------------------------------------------------------------
@@ -612,8 +614,9 @@ def main(argv=None) -> None:
                 continue
             n = args.calib_n if skey == "int4_sym_g128" else args.calib_n_other
             for algo in args.algorithms:
-                run_row(f"slimkit_{algo}_{skey}", f"slimkit {algo.upper()} {label}", kwargs, algo,
-                        calibration[:n], args)
+                base, extra, name = VARIANTS.get(algo, (algo, {}, algo.upper()))
+                run_row(f"slimkit_{algo.replace('-', '_')}_{skey}", f"slimkit {name} {label}",
+                        {**kwargs, **extra}, base, calibration[:n], args)
     if "levels" in args.only:
         kwargs = SETTINGS[0][2]
         for level in (0, 1):

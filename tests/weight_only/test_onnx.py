@@ -126,3 +126,42 @@ def test_a_causal_lm_with_a_quantized_tied_head_runs_matmulnbits_and_gatherblock
     # the file holds the packed weights: far smaller than the float32 model
     floats = sum(p.numel() for p in tiny_llama(vocab=256, tied=True).parameters()) * 4
     assert (folder / "model.onnx").stat().st_size < 0.45 * floats
+
+
+def test_rewrite_float_graph_carries_awqs_folded_norms(tmp_path):
+    # AWQ folds 1/s into the RMSNorm gains, which stay float: the rewrite of the fp32 graph
+    # must write the quantized model's gains too (before, ORT computed with the old gains and
+    # the validation refused the file: logits off by up to 37 on SmolLM2).
+    import copy
+
+    import onnx
+
+    from slimkit.export.causal_lm import _DecoderWithCache, decoder_shape, validate_export
+    from tests.weight_only.conftest import tiny_llama, token_batches
+
+    model = tiny_llama(layers=1)
+    with torch.no_grad():  # distinct gains, as a trained model has (all-ones would be ambiguous)
+        for i, norm in enumerate((model.model.layers[0].input_layernorm,
+                                  model.model.layers[0].post_attention_layernorm,
+                                  model.model.norm)):
+            norm.weight.mul_(1 + 0.1 * torch.rand(norm.weight.shape,
+                                                  generator=torch.Generator().manual_seed(i)))
+    folder = export_causal_lm(model, tmp_path / "fp32")
+    quant = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk.quantize(quant, WeightOnlyConfig(bits=4, group_size=32, algorithm="awq",
+                                            calibration_tokens=64),
+                    calibration=token_batches(n=2))
+    gain = quant.model.layers[0].input_layernorm.weight
+    assert not torch.equal(gain, model.model.layers[0].input_layernorm.weight)  # AWQ folded
+    with wo_onnx.matmulnbits_options(accuracy_level=0):
+        proto, ctx = wo_onnx.rewrite_float_graph(onnx.load(str(folder / "model.onnx")), model,
+                                                 quant)
+    plain = copy.deepcopy(quant)
+    sk.strip(plain)
+    path = tmp_path / "awq.onnx"
+    onnx.save(proto, str(path))
+    check = validate_export(path, proto, _DecoderWithCache(plain.eval()), decoder_shape(plain),
+                            ctx)
+    assert check["prefill_max_abs_diff"] < 1e-3, check

@@ -488,11 +488,64 @@ def rewrite_float_graph(proto, float_model: nn.Module, quantized_model: nn.Modul
     ctx = ExportContext(records=records(quantized_model))
     pre_export(quantized_model, ctx, accuracy_level=accuracy_level, embedding=embedding)
     floats = dict(float_model.named_modules())
-    for name, info in ctx.notes[NOTES_KEY]["layers"].items():
+    layers = ctx.notes[NOTES_KEY]["layers"]
+    for name, info in layers.items():
         if name not in floats or not hasattr(floats[name], "weight"):
             raise ValueError(f"{name} of the quantized model is not a layer of float_model")
         info["baked"] = floats[name].weight.detach().cpu().float().numpy()
+    # AWQ also changes float tensors that stay float (a norm's weight, a bias divided by its
+    # scales): the graph must carry the quantized model's values, not float_model's.
+    _update_changed_floats(proto, float_model, quantized_model, set(layers))
     return post_export(proto, ctx), ctx
+
+
+def _update_changed_floats(proto, float_model: nn.Module, quantized_model: nn.Module,
+                           quantized: set[str]) -> None:
+    """Overwrite the initializers holding a float tensor of ``float_model`` that differs in
+    ``quantized_model`` (found by value, as the exporter renames them); refuse ambiguity."""
+    from onnx import TensorProto, numpy_helper
+
+    changed: dict[tuple, tuple[str, np.ndarray]] = {}
+    for pname, old in float_model.named_parameters():
+        mname, _, attr = pname.rpartition(".")
+        if attr == "weight" and mname in quantized:
+            continue                                    # becomes MatMulNBits from its codes
+        try:
+            new = getattr(quantized_model.get_submodule(mname) if mname else quantized_model,
+                          attr)
+        except AttributeError:
+            continue
+        if not isinstance(new, torch.Tensor) or new.shape != old.shape:
+            continue
+        if torch.equal(new.detach().cpu().float(), old.detach().cpu().float()):
+            continue
+        a = old.detach().cpu().float().numpy()
+        b = new.detach().cpu().float().numpy()
+        key = (a.shape, _digest(a))
+        if key in changed and not np.array_equal(changed[key][1], b):
+            raise ValueError(f"{pname} and {changed[key][0]} hold the same float values in "
+                             "float_model but differ after quantization: their ONNX "
+                             "initializers cannot be told apart; export the quantized model "
+                             "itself (sk.export_onnx / export_causal_lm)")
+        changed[key] = (pname, b)
+        if a.ndim == 2:
+            changed.setdefault((a.shape[::-1], _digest(a.T)), (pname, np.ascontiguousarray(b.T)))
+    if not changed:
+        return
+    found = set()
+    for init in proto.graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        arr = numpy_helper.to_array(init)
+        hit = changed.get((arr.shape, _digest(arr)))
+        if hit is not None:
+            init.CopyFrom(numpy_helper.from_array(hit[1].astype(np.float32), init.name))
+            found.add(hit[0])
+    missing = {n for n, _ in changed.values()} - found
+    if missing:
+        raise ValueError(f"float tensors changed by quantization but not found in the ONNX "
+                         f"graph (folded by the exporter?): {sorted(missing)}; export the "
+                         "quantized model itself (sk.export_onnx / export_causal_lm)")
 
 
 # -- checking what ONNX Runtime runs -------------------------------------------------------------
