@@ -334,8 +334,9 @@ def _read_by_dynamic_layer(model: nn.Module, module: nn.Module, p) -> bool:
 
 
 def _rewrite_tied_table(graph, name: str, q: np.ndarray, scale: np.ndarray, info: dict) -> bool:
-    """An embedding table also read, transposed, by a tied LM head's MatMul: row lookups of
-    the int8 table for the Gathers, MatMulInteger on the same rows for the MatMuls.
+    """An embedding table also read, transposed, by a tied LM head's MatMul: MatMulInteger
+    on the int8 table (stored once, transposed) for the MatMuls, and row lookups of that
+    same initializer for the Gathers.
 
     Without this the table stays behind one DequantizeLinear that ORT runs on every call, and
     the exporter's Transpose of the whole table after it: on GPT-2 (50257 x 768) that made
@@ -352,8 +353,48 @@ def _rewrite_tied_table(graph, name: str, q: np.ndarray, scale: np.ndarray, info
                                       for u in _consumers(graph, t.output[0]))
             for t in heads):
         return False
-    return (_rewrite_dynamic(graph, name, q, scale, False, users=heads)
-            and _rewrite_gather(graph, name, q, scale, info))
+    if not _rewrite_dynamic(graph, name, q, scale, False, users=heads):
+        return False
+    _gather_columns(graph, name, f"{name}_quantized_t", scale, gathers)
+    return True
+
+
+def _gather_columns(graph, name: str, table_t: str, scale: np.ndarray, users: list) -> None:
+    """Row lookups of ``name`` read from the int8 initializer ``table_t`` that holds the
+    table transposed (``[dim, rows]``, the head's MatMulInteger operand), so the table is
+    stored once: ``ids`` flattened, ``Gather(axis=1)``, ``Transpose``, ``Cast * scale`` of
+    those rows, reshaped to ``ids.shape + [dim]``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    sname, flat_shape = f"{name}_row_scale", f"{name}_flat_shape"
+    graph.initializer.append(numpy_helper.from_array(
+        np.ascontiguousarray(scale.reshape(-1, 1).astype(np.float32)), sname))
+    graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), flat_shape))
+    dim = f"{name}_dim"
+    graph.initializer.append(numpy_helper.from_array(
+        np.array([int(_initializer_dims(graph, table_t)[0])], np.int64), dim))
+    for k, node in enumerate(users):
+        pos = list(graph.node).index(node)
+        ids, out, p = node.input[1], node.output[0], f"{name}_lookup{k}"
+        new = [
+            helper.make_node("Reshape", [ids, flat_shape], [f"{p}_ids"]),
+            helper.make_node("Gather", [table_t, f"{p}_ids"], [f"{p}_qt"], axis=1),
+            helper.make_node("Transpose", [f"{p}_qt"], [f"{p}_q"], perm=[1, 0]),
+            helper.make_node("Cast", [f"{p}_q"], [f"{p}_f"], to=TensorProto.FLOAT),
+            helper.make_node("Gather", [sname, f"{p}_ids"], [f"{p}_s"], axis=0),
+            helper.make_node("Mul", [f"{p}_f", f"{p}_s"], [f"{p}_rows"]),
+            helper.make_node("Shape", [ids], [f"{p}_ids_shape"]),
+            helper.make_node("Concat", [f"{p}_ids_shape", dim], [f"{p}_shape"], axis=0),
+            helper.make_node("Reshape", [f"{p}_rows", f"{p}_shape"], [out]),
+        ]
+        graph.node.remove(node)
+        for j, n in enumerate(new):
+            n.name = f"{p}_{n.op_type}_{j}"
+            graph.node.insert(pos + j, n)
+
+
+def _initializer_dims(graph, name: str) -> list:
+    return next(list(i.dims) for i in graph.initializer if i.name == name)
 
 
 def _gathers_ok(users: list, name: str, scale: np.ndarray, info: dict) -> bool:
