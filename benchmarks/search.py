@@ -522,8 +522,11 @@ def _write(runs: dict, out: Path) -> None:
             "budget": f"drop <= {items[0]['allowed_drop']:g}, {items[0]['objective']}",
             "search": _mean_range([r.get("sbs_search_ms", r["search_cost"] / scale)
                                    for r in items], unit),
-            "best uniform": _mean_range([r.get("sbs_uniform_ms", r["best_uniform_cost"] / scale)
-                                         for r in items if "best_uniform_cost" in r], unit),
+            "best uniform": ("the same file as the search's result"
+                             if all(r.get("search_label") == r.get("best_uniform_label")
+                                    for r in items) else
+                             _mean_range([r.get("sbs_uniform_ms", r["best_uniform_cost"] / scale)
+                                          for r in items if "best_uniform_cost" in r], unit)),
             "gain vs uniform": _mean_range([100 * g for g in gains], "%") if gains else "—",
             "held-out drop (pt)": _mean_range([100 * r["search_heldout_drop"] for r in items],
                                               ""),
