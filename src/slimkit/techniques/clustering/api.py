@@ -101,14 +101,25 @@ def _input_below(module: nn.Module, tname: str) -> torch.Tensor:
     return w
 
 
-def _prepare(model: nn.Module, config: ClusteringConfig, layers) -> None:
+def _prepare(model: nn.Module, config: ClusteringConfig, layers, fit=None) -> None:
     groups = split_layers(model, config, layers)
     # Every layer is checked before any is clustered: a bad layer leaves the model unchanged.
     for cfg, members in groups:
         _check_layers(model, cfg, members)
     group = group_id(model, "cluster")
     for k, (cfg, members) in enumerate(groups):
-        _prepare_group(model, cfg, members, group if k == 0 else f"{group}.{k}")
+        _prepare_group(model, cfg, members, group if k == 0 else f"{group}.{k}",
+                       fit or fit_codebook)
+
+
+def _placeholder_codebook(w: torch.Tensor, config: ClusteringConfig, name: str):
+    """Codebook, labels and fixed mask of the shapes :func:`fit_codebook` returns, all zero:
+    what ``sk.load`` rebuilds before the checkpoint overwrites every one of them (running
+    k-means there was thrown away: 84 s of a BERT-base k=256 load at load average 7)."""
+    k = config.clusters
+    shape = (w.shape[0], k) if config.per_channel else (k,)
+    return (torch.zeros(shape), torch.zeros(w.shape, dtype=torch.long),
+            torch.zeros(shape, dtype=torch.bool))
 
 
 def _check_layers(model: nn.Module, config: ClusteringConfig, layers) -> None:
@@ -121,13 +132,14 @@ def _check_layers(model: nn.Module, config: ClusteringConfig, layers) -> None:
         check_size(t, config, name)
 
 
-def _prepare_group(model: nn.Module, config: ClusteringConfig, layers, group: str) -> None:
+def _prepare_group(model: nn.Module, config: ClusteringConfig, layers, group: str,
+                   fit=fit_codebook) -> None:
     for sites in expand_tied(model, layers):
         mname, tname = sites[0]
         module = get_module(model, mname)
         with torch.no_grad():
             w = _input_below(module, tname)
-        c, labels, fixed = fit_codebook(w, config, f"{mname}.{tname}")
+        c, labels, fixed = fit(w, config, f"{mname}.{tname}")
         p = ClusterSnap(c.to(w.device), labels.to(w.device), fixed.to(w.device), config,
                         dtype=w.dtype, group=group)
         register(model, sites, p)
@@ -152,6 +164,13 @@ class WeightClustering(Technique):
 
     def prepare(self, model, config, layers):
         _prepare(model, config, layers)
+
+    def replay(self, model, config, layers, record):
+        # The checkpoint holds the centroids, labels and fixed mask of every layer: only their
+        # shapes are needed here, not a k-means fit.
+        if record.get("stripped"):
+            return super().replay(model, config, layers, record)
+        _prepare(model, config, layers, fit=_placeholder_codebook)
 
     def knobs(self, config):
         return {"clusters": [32, 16, 8, 4]}
