@@ -492,12 +492,14 @@ def _write(runs: dict, out: Path) -> None:
     import torch
 
     rows = []
-    for name, items in runs.items():
+    order = ["digits", "digits-nogate", "resnet", "mobilenet", "minilm", "smollm2"]
+    for name in sorted(runs, key=lambda n: order.index(n) if n in order else len(order)):
+        items = runs[name]
         if name == "smollm2":
             r = items[0]
             rows.append({"model": name, "budget": "sensitivity pass only (proxy)",
                          "search": f"{r['units']} blocks x int8/int4 in {r['sensitivity_s']:.0f} s",
-                         "best uniform": "—", "gain vs uniform": "—",
+                         "best uniform": "—", "gain vs uniform": "—", "held-out drop (pt)": "—",
                          "held-out meets budget": "—", "search s": r["sensitivity_s"]})
             continue
         errors = [r for r in items if "error" in r]
