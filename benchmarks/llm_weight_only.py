@@ -295,8 +295,19 @@ def nncf_rows(fp32_path: Path, work: Path, results: dict, tok, calibration, args
             # parameters, not as a compress_weights argument.
             advanced = nncf.AdvancedCompressionParameters(
                 group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST)
+            # The tied LM head's MatMul reads a Transpose of the embedding table, not an
+            # initializer, which NNCF's ONNX backend cannot compress ("There is no tensor
+            # with the name val_4601"): it stays float, as in slimkit's rows.
+            proto = onnx.load(str(fp32_path), load_external_data=False)
+            inits = {i.name for i in proto.graph.initializer}
+            transposed = {n.output[0] for n in proto.graph.node
+                          if n.op_type == "Transpose" and n.input[0] in inits}
+            head = [n.name for n in proto.graph.node if n.op_type == "MatMul"
+                    and len(n.input) > 1 and n.input[1] in transposed]
+            del proto
             kwargs = dict(mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128, ratio=1.0,
-                          advanced_parameters=advanced, **extra)
+                          advanced_parameters=advanced,
+                          ignored_scope=nncf.IgnoredScope(names=head), **extra)
             if extra:
                 kwargs["dataset"] = nncf.Dataset(list(feeds()))
             compressed = nncf.compress_weights(onnx.load(str(fp32_path)), **kwargs)
@@ -306,6 +317,7 @@ def nncf_rows(fp32_path: Path, work: Path, results: dict, tok, calibration, args
             onnx.save(compressed, str(out / "model.onnx"))
             row = {"label": label, "tool": f"nncf {nncf.__version__}", "quantize_s": quant_s,
                    "group_size_fallback_mode": "ADJUST (g64 on the 576-wide layers)",
+                   "ignored": head,
                    "calibration_sequences": len(calibration) if extra else 0,
                    "ops": nbits_summary(out / "model.onnx")}
             row.update(measure(out / "model.onnx", tok, args.heldout, args.eval_tokens,
