@@ -98,14 +98,20 @@ VARIANTS = {"gptq-act": ("gptq", {"act_order": True}, "GPTQ act-order")}
 # -- measuring one artifact ----------------------------------------------------------------------
 
 
-def measure(path: Path, tokenizer, text: str, eval_tokens: int, decode_runs: int) -> dict:
-    """Perplexity, prefill latency, decode speed and size of one decoder file (2 threads)."""
+def ort_decoder(path: Path) -> OrtDecoder:
+    """The decoder file in ORT (2 threads), its cache shape from ``genai_config.json`` when
+    there is one (other exporters may leave the cache's head_dim symbolic)."""
     dims = {}
     config = path.parent / "genai_config.json"
-    if config.exists():  # other exporters may leave the cache's head_dim symbolic
+    if config.exists():
         d = json.loads(config.read_text())["model"]["decoder"]
         dims = {"kv_heads": d["num_key_value_heads"], "head_dim": d["head_size"]}
-    dec = OrtDecoder(cpu_session(path, THREADS), **dims)
+    return OrtDecoder(cpu_session(path, THREADS), **dims)
+
+
+def measure(path: Path, tokenizer, text: str, eval_tokens: int, decode_runs: int) -> dict:
+    """Perplexity, prefill latency, decode speed and size of one decoder file (2 threads)."""
+    dec = ort_decoder(path)
     times: list[float] = []
 
     def timed(ids):
@@ -455,7 +461,7 @@ def speed_rows(work: Path, results: dict, keys: list[str], rounds: int) -> None:
     """Decode tokens/s of several artifacts taking turns (one 128-token run each per round),
     so machine load hits them alike; the medians and the ratios to the first artifact."""
     paths = {k: work / k / "model.onnx" for k in keys if (work / k / "model.onnx").exists()}
-    decoders = {k: OrtDecoder(cpu_session(p, THREADS)) for k, p in paths.items()}
+    decoders = {k: ort_decoder(p) for k, p in paths.items()}
     for dec in decoders.values():  # warm-up
         decode_speed(dec, new_tokens=16, runs=1)
     rates: dict[str, list[float]] = {k: [] for k in decoders}
