@@ -17,9 +17,10 @@ from round-to-nearest, so the result is never worse than RTN in the L2 sense.
 Speed: every step is vectorised over all groups of a block of rows (``rows`` at a time, so the
 working set stays in the CPU cache), in float32, on one thread (the steps are short
 elementwise passes that a contended thread pool slows down), and a block stops early once an
-iteration lowers its total squared error by less than ``tol`` (relative). On a quiet core of
-the benchmark machine a 576 x 1536 weight takes ~0.1 s (see ``benchmarks/llm_weight_only.py
---only hqq-speed``).
+iteration lowers its total squared error by less than ``tol`` (relative). On one core of
+the benchmark machine (load 3.6) a 576 x 1536 weight took 0.25 s at int4 sym g128 (RTN:
+0.015 s; see
+``benchmarks/llm_weight_only.py --only hqq-speed``).
 
 Example:
     >>> codes, scales, zeros = hqq_optimize(w, bits=4, group_size=64, symmetric=False)
