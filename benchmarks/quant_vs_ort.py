@@ -144,6 +144,17 @@ def conv_case(name, model, calib: torch.Tensor, x_eval: torch.Tensor, y_eval, fo
     return rows
 
 
+def dynamic_files(model, tag: str, example, folder: Path) -> dict:
+    """fp32, ORT ``quantize_dynamic`` of that fp32 file, and slimkit dynamic int8 of ``model``:
+    ``{variant: path}``."""
+    fp32 = sk.export_onnx(model, folder / f"{tag}-fp32.onnx", example_inputs=example)
+    ours = quantize(copy.deepcopy(model), QuantizationConfig(mode="dynamic"))
+    return {"fp32": fp32,
+            "ort quantize_dynamic per-channel": ort_dynamic(fp32, folder / f"{tag}-ortdyn.onnx"),
+            "slimkit dynamic": sk.export_onnx(ours, folder / f"{tag}-slimkit.onnx",
+                                              example_inputs=example)}
+
+
 def minilm_case(folder: Path, runs: int) -> list[dict]:
     from slimkit.examples.minilm import load_minilm, tokenize
 
@@ -153,12 +164,7 @@ def minilm_case(folder: Path, runs: int) -> list[dict]:
     ids, mask = tokenize(tok, sentences, pad_to_max=True)
     with torch.no_grad():
         ref = model(ids, mask).numpy()
-    fp32 = sk.export_onnx(model, folder / "minilm-fp32.onnx", example_inputs=(ids[:8], mask[:8]))
-    ours = quantize(copy.deepcopy(model), QuantizationConfig(mode="dynamic"))
-    slim = sk.export_onnx(ours, folder / "minilm-slimkit.onnx", example_inputs=(ids[:8], mask[:8]))
-    paths = {"fp32": fp32,
-             "ort quantize_dynamic per-channel": ort_dynamic(fp32, folder / "minilm-ortdyn.onnx"),
-             "slimkit dynamic": slim}
+    paths = dynamic_files(model, "minilm", (ids[:8], mask[:8]), folder)
     b32, b1 = (ids[:32], mask[:32]), (ids[:1], mask[:1])  # 32 x 128 tokens, 1 x 128
     rows = []
     for variant, path in paths.items():
@@ -195,13 +201,8 @@ def lstm_case(folder: Path, runs: int) -> list[dict]:
     mels = torch.randn(32, 160, 40, generator=gen)
     with torch.no_grad():
         ref = model(mels).numpy()
-    fp32 = sk.export_onnx(model, folder / "lstm-fp32.onnx", example_inputs=mels[:1])
-    ours = quantize(copy.deepcopy(model), QuantizationConfig(mode="dynamic"))
-    slim = sk.export_onnx(ours, folder / "lstm-slimkit.onnx", example_inputs=mels[:1])
-    paths = {"fp32": fp32,
-             "ort quantize_dynamic per-channel": ort_dynamic(fp32, folder / "lstm-ortdyn.onnx"),
-             "slimkit dynamic": slim}
-    name = ort_session(fp32).get_inputs()[0].name
+    paths = dynamic_files(model, "lstm", mels[:1], folder)
+    name = ort_session(paths["fp32"]).get_inputs()[0].name
     rows = []
     for variant, path in paths.items():
         out = run_outputs(path, {name: mels.numpy()})
@@ -232,14 +233,9 @@ def gpt2_case(folder: Path, runs: int) -> list[dict]:
     model = _Logits(GPT2LMHeadModel(GPT2Config(use_cache=False))).eval()
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 50257, (4, 128), generator=gen)
-    fp32 = sk.export_onnx(model, folder / "gpt2-fp32.onnx", example_inputs=ids[:1])
-    ours = quantize(copy.deepcopy(model), QuantizationConfig(mode="dynamic"))
-    slim = sk.export_onnx(ours, folder / "gpt2-slimkit.onnx", example_inputs=ids[:1])
-    paths = {"fp32": fp32,
-             "ort quantize_dynamic per-channel": ort_dynamic(fp32, folder / "gpt2-ortdyn.onnx"),
-             "slimkit dynamic": slim}
-    name = ort_session(fp32).get_inputs()[0].name
-    ref = run_outputs(fp32, {name: ids.numpy()})
+    paths = dynamic_files(model, "gpt2", ids[:1], folder)
+    name = ort_session(paths["fp32"]).get_inputs()[0].name
+    ref = run_outputs(paths["fp32"], {name: ids.numpy()})
     rows = []
     for variant, path in paths.items():
         out = run_outputs(path, {name: ids.numpy()})

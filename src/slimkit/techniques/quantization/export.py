@@ -65,13 +65,14 @@ def _storage_bits(module: nn.Module, bits: int) -> int:
 def pre_export(model: nn.Module, ctx) -> None:
     notes = ctx.notes.setdefault(NOTES_KEY, {})
     weights = notes.setdefault("weights", {})
+    dynamic = _dynamic_stages(model)
     for key, module, p, q, scale, baked in quantized_weights(model):
         weights[key] = {
             "q": q.numpy().astype(np.int8), "scale": scale.numpy(), "baked": baked.numpy(),
             "bits": p.bits, "group_size": p.group_size, "narrow": p.narrow,
             # Any layer reading this weight runs dynamic int8 (a tied LM head reads the
             # embedding's table: its MatMul can run MatMulInteger on the table's int8 rows).
-            "dynamic": _read_by_dynamic_layer(model, module, p),
+            "dynamic": id(p) in dynamic,
             "storage_bits": _storage_bits(module, p.bits),
             # A weight-only layer computes in float: see _rewrite_conv_weight.
             "float_op": _storage_bits(module, 4) == 4,
@@ -320,17 +321,13 @@ def _find(inits: dict, name: str, baked: np.ndarray):
     return None, False
 
 
-def _read_by_dynamic_layer(model: nn.Module, module: nn.Module, p) -> bool:
-    """Whether ``module`` or another module sharing the fake-quant ``p`` (tied weights) has
-    a dynamic activation quantizer."""
-    if isinstance(module._modules.get(INPUT), DynamicQuantizer):
-        return True
-    for m in model.modules():
-        stages = getattr(m, "parametrizations", None)
-        if (stages is not None and isinstance(m._modules.get(INPUT), DynamicQuantizer)
-                and any(q is p for plist in stages.values() for q in plist)):
-            return True
-    return False
+def _dynamic_stages(model: nn.Module) -> set[int]:
+    """``id`` of every parametrization read by a module with a dynamic activation quantizer
+    (one pass; a tied weight's single fake-quant counts if any of its readers is dynamic)."""
+    return {id(q) for m in model.modules()
+            if isinstance(m._modules.get(INPUT), DynamicQuantizer)
+            for plist in getattr(getattr(m, "parametrizations", None), "values", list)()
+            for q in plist}
 
 
 def _rewrite_tied_table(graph, name: str, q: np.ndarray, scale: np.ndarray, info: dict) -> bool:

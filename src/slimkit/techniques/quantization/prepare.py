@@ -98,19 +98,16 @@ def select_layers(model: nn.Module, config: QuantizationConfig, targets, ignore)
             return []
         if isinstance(module, supported):
             return ["weight"]
-        if config.mode == "dynamic" and _dynamic_lstm(module):
+        # LSTM (dynamic: every layer's and direction's input and recurrent weights) and HF
+        # Conv1D (a Linear storing its weight (in, out)) take the fixed grid only.
+        lstm = config.mode == "dynamic" and _dynamic_lstm(module)
+        if lstm or _in_out_linear(module):
             if isinstance(config, AdaRoundConfig) or getattr(config, "learn_ranges", False):
-                skipped.append(f"{name} (LSTM: AdaRound and learned ranges take Linear and "
+                kind = "LSTM" if lstm else f"{module_type(module).__name__}: weight stored (in, out)"
+                skipped.append(f"{name} ({kind}; AdaRound and learned ranges take Linear and "
                                "Conv weights only)")
                 return []
-            return names  # input and recurrent weights of every layer and direction
-        if _in_out_linear(module):
-            # HF Conv1D: a Linear with its weight stored (in, out), quantized as one.
-            if isinstance(config, AdaRoundConfig) or getattr(config, "learn_ranges", False):
-                skipped.append(f"{name} ({module_type(module).__name__}: weight stored (in, "
-                               "out); AdaRound and learned ranges take (out, in) weights only)")
-                return []
-            return ["weight"]
+            return names if lstm else ["weight"]
         skipped.append(f"{name or '(the model itself)'} ({module_type(module).__name__}: "
                        f"{_why_not(module, config.mode)})")
         return []

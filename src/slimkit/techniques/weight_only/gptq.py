@@ -18,10 +18,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
+from slimkit.core.threads import one_thread
 from slimkit.techniques.weight_only.grid import minmax_params, n_groups
 
 
@@ -29,18 +28,6 @@ def layer_error(w: torch.Tensor, q: torch.Tensor, H: torch.Tensor) -> float:
     """``||w X - q X||^2 / n`` up to the Hessian's factor 2: ``tr((w - q) H (w - q)^T) / 2``."""
     d = (w.double() - q.double())
     return float(((d @ H.double()) * d).sum() / 2)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    # The column loop is thousands of small vector ops: with several threads each one pays
-    # the thread pool's wake-up, which made it ~10x slower on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
@@ -71,7 +58,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, bits: int, group_size: int |
     maxq = 2**bits - 1
     out_f, in_f = w.shape
     gs = in_f if group_size is None else group_size
-    with torch.no_grad(), _one_thread():
+    with torch.no_grad(), one_thread():
         W = w.detach().float().clone()
         H = H.detach().double().clone()
         dead = torch.diag(H) == 0

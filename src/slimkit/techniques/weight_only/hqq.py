@@ -30,21 +30,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
+from slimkit.core.threads import one_thread
 from slimkit.techniques.weight_only.grid import group_mask, grouped, minmax_params
-
-
-@contextlib.contextmanager
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -125,7 +114,7 @@ def hqq_optimize(w: torch.Tensor, bits: int, group_size: int | None, symmetric: 
     """
     maxq = 2**bits - 1
     out_f, in_f = w.shape
-    with torch.no_grad(), _one_thread():
+    with torch.no_grad(), one_thread():
         wg = grouped(w.detach().float(), group_size)                 # [out, g, gs]
         m = group_mask(in_f, group_size)
         mask = None if bool(m.all()) else m.float()                   # padding of a short group

@@ -18,27 +18,15 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
+
+from slimkit.core.threads import one_thread
 
 
 def layer_error(w: torch.Tensor, q: torch.Tensor, H: torch.Tensor) -> float:
     """The layer's output error ``||W X - Q X||^2 / n``: ``tr((W - Q) H (W - Q)^T) / 2``."""
     d = w.double() - q.double()
     return float(((d @ H.double()) * d).sum() / 2)
-
-
-@contextlib.contextmanager
-def _one_thread():
-    # The column loop is thousands of small vector ops: with several threads each pays the
-    # thread pool's wake-up, which costs more than the work on a 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _inverse_cholesky(H: torch.Tensor, damp: float, name: str) -> torch.Tensor:
@@ -80,7 +68,7 @@ def sparsegpt_prune(w: torch.Tensor, H: torch.Tensor, sparsity: float, *,
     out_f, in_f = w.shape
     if nm is not None and in_f % nm[1]:
         raise ValueError(f"{name}: input width {in_f} is not a multiple of M={nm[1]}")
-    with torch.no_grad(), _one_thread():
+    with torch.no_grad(), one_thread():
         W = w.detach().double().clone()
         H = H.detach().double().clone()
         dead = torch.diag(H) == 0
